@@ -1,0 +1,15 @@
+"""`python -m servescope.classifier`: run the classifier service with settings from the environment."""
+
+from __future__ import annotations
+
+from servescope.classifier.app import create_app
+from servescope.classifier.settings import Settings
+from servescope.telemetry.server import run_service
+
+
+def main() -> None:
+    run_service(create_app, Settings)
+
+
+if __name__ == "__main__":
+    main()

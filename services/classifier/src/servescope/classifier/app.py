@@ -1,0 +1,134 @@
+"""HTTP wiring of the classifier: OIP v2 routes over the model module."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from servescope.classifier import oip
+from servescope.classifier.model import LoadedModel, ModelLoadError, load_model
+from servescope.classifier.settings import Settings
+from servescope.telemetry.bodies import read_body
+from servescope.telemetry.errors import ServiceError, install_error_handlers
+from servescope.telemetry.health import Health, add_health_routes
+from servescope.telemetry.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+log = structlog.get_logger()
+
+
+class ModelState:
+    """Holds the one served model once it has loaded and warmed up."""
+
+    def __init__(self) -> None:
+        self.model: LoadedModel | None = None
+
+    def get(self, name: str, version: str | None = None) -> LoadedModel:
+        model = self.model
+        if model is None:
+            raise ServiceError(503, "model_not_ready", "model is still loading", stage="infer")
+        if name != model.name or (version is not None and version != model.version):
+            wanted = f"{name}" + (f" version {version}" if version else "")
+            raise ServiceError(
+                404,
+                "unknown_model",
+                f"model {wanted} is not served here; this server serves "
+                f"{model.name} version {model.version}",
+                stage="infer",
+            )
+        return model
+
+
+def create_app(settings: Settings, health: Health) -> FastAPI:
+    state = ModelState()
+    health.require("model_loaded")
+
+    async def load() -> None:
+        try:
+            model = await asyncio.to_thread(
+                load_model,
+                settings.model_path,
+                settings.model_name,
+                settings.model_version,
+                settings.intra_op_threads,
+            )
+        except ModelLoadError as exc:
+            log.error("model_load_failed", error=str(exc), model_path=str(settings.model_path))
+            health.fatal = str(exc)
+            return
+        state.model = model
+        health.set("model_loaded", True)
+        log.info(
+            "model_loaded",
+            model_name=model.name,
+            model_version=model.version,
+            sha256=model.sha256,
+            load_seconds=round(model.load_seconds, 4),
+        )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Load in the background so /healthz answers while a large model loads
+        # (the startup probe's job); /readyz turns true after the warm-up inference.
+        task = asyncio.create_task(load())
+        yield
+        task.cancel()
+
+    app = FastAPI(title="servescope classifier", version=settings.version, lifespan=lifespan)
+    install_error_handlers(app)
+    add_health_routes(app, health)
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        return JSONResponse(
+            {"name": "servescope-classifier", "version": settings.version, "extensions": []}
+        )
+
+    @app.get("/v2/health/live")
+    async def server_live() -> Response:
+        return JSONResponse({"live": True})
+
+    @app.get("/v2/health/ready")
+    async def server_ready() -> Response:
+        return JSONResponse({"ready": health.ready}, status_code=200 if health.ready else 503)
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str | None = None) -> Response:
+        return JSONResponse(oip.model_metadata(state.get(name, version)))
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        model = state.get(name, version)
+        return JSONResponse({"name": model.name, "ready": True})
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        model = state.get(name, version)
+        body = await read_body(request, settings.max_request_bytes, stage="infer")
+        payload = oip.parse_request(body)
+        feeds = oip.decode_inputs(payload, model, settings.max_batch_size)
+        names = oip.requested_outputs(payload, model)
+        try:
+            if settings.offload_inference:
+                arrays = await run_in_threadpool(model.run, feeds, names)
+            else:
+                arrays = model.run(feeds, names)
+        except Exception as exc:  # onnxruntime's own errors: a tensor it cannot compute on
+            raise ServiceError(
+                400, "inference_failed", f"onnxruntime rejected the input: {exc}", "infer"
+            ) from exc
+        request_id = payload.get("id")
+        return JSONResponse(
+            oip.encode_response(
+                model, request_id if isinstance(request_id, str) else None, names, arrays
+            )
+        )
+
+    return app

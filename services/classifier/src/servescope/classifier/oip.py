@@ -1,0 +1,128 @@
+"""Open Inference Protocol v2 (REST, JSON tensors): request checks and response shapes.
+
+Everything a client can get wrong is answered with a 400 and an OIP error body naming the
+tensor and what was wrong, never a 500.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+from servescope.classifier.model import OIP_TO_NUMPY, LoadedModel
+from servescope.telemetry.errors import ServiceError
+
+
+def _bad(message: str, kind: str = "invalid_tensor") -> ServiceError:
+    return ServiceError(400, kind, message, stage="infer")
+
+
+def parse_request(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise _bad("empty request body; send an OIP v2 inference request", "invalid_json")
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _bad(f"request body is not valid JSON: {exc}", "invalid_json") from exc
+    if not isinstance(request, dict):
+        raise _bad("request body must be a JSON object with an 'inputs' list", "invalid_json")
+    return request
+
+
+def decode_inputs(
+    request: dict[str, Any], model: LoadedModel, max_batch: int
+) -> dict[str, np.ndarray]:
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise _bad("'inputs' must be a non-empty list of tensors")
+    feeds: dict[str, np.ndarray] = {}
+    for tensor in inputs:
+        if not isinstance(tensor, dict):
+            raise _bad("each input must be an object with name, shape, datatype and data")
+        name = tensor.get("name")
+        spec = model.input_spec(name) if isinstance(name, str) else None
+        if spec is None:
+            expected = ", ".join(s.name for s in model.inputs)
+            raise _bad(f"unknown input {name!r}; model {model.name} expects: {expected}")
+        datatype = tensor.get("datatype")
+        if datatype != spec.datatype:
+            raise _bad(
+                f"input {name!r} has datatype {datatype!r}; the model expects {spec.datatype}"
+            )
+        shape = tensor.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise _bad(f"input {name!r} needs 'shape' as a list of non-negative integers")
+        if len(shape) != len(spec.shape) or any(
+            want > 0 and got != want for got, want in zip(shape, spec.shape, strict=True)
+        ):
+            raise _bad(f"input {name!r} has shape {shape}; the model expects {list(spec.shape)}")
+        if spec.shape and spec.shape[0] == -1 and shape[0] > max_batch:
+            raise _bad(f"batch of {shape[0]} exceeds the limit of {max_batch}", "batch_too_large")
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise _bad(f"input {name!r} needs 'data' as a JSON array")
+        try:
+            array = np.asarray(data, dtype=OIP_TO_NUMPY[datatype])
+        except (ValueError, TypeError) as exc:
+            raise _bad(f"input {name!r} data is not all {datatype} numbers: {exc}") from exc
+        if array.size != math.prod(shape):
+            raise _bad(
+                f"input {name!r} has {array.size} elements; shape {shape} needs {math.prod(shape)}"
+            )
+        feeds[spec.name] = array.reshape(shape)
+    missing = [s.name for s in model.inputs if s.name not in feeds]
+    if missing:
+        raise _bad(f"missing inputs: {', '.join(missing)}")
+    return feeds
+
+
+def requested_outputs(request: dict[str, Any], model: LoadedModel) -> list[str]:
+    names = [spec.name for spec in model.outputs]
+    wanted = request.get("outputs")
+    if not wanted:
+        return names
+    if not isinstance(wanted, list):
+        raise _bad("'outputs' must be a list of {name: ...} objects")
+    chosen: list[str] = []
+    for item in wanted:
+        name = item.get("name") if isinstance(item, dict) else None
+        if name not in names:
+            raise _bad(f"unknown output {name!r}; the model has: {', '.join(names)}")
+        chosen.append(name)
+    return chosen
+
+
+def encode_response(
+    model: LoadedModel, request_id: str | None, names: list[str], arrays: list[np.ndarray]
+) -> dict[str, Any]:
+    specs = {spec.name: spec for spec in model.outputs}
+    response: dict[str, Any] = {
+        "model_name": model.name,
+        "model_version": model.version,
+        "outputs": [
+            {
+                "name": name,
+                "datatype": specs[name].datatype,
+                "shape": list(array.shape),
+                "data": array.ravel(),
+            }
+            for name, array in zip(names, arrays, strict=True)
+        ],
+    }
+    if request_id is not None:
+        response["id"] = request_id
+    return response
+
+
+def model_metadata(model: LoadedModel) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "versions": [model.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [spec.metadata() for spec in model.inputs],
+        "outputs": [spec.metadata() for spec in model.outputs],
+        # OIP allows extra fields; these carry the preprocessing hints and identity.
+        "parameters": {**model.parameters, "sha256": model.sha256},
+    }

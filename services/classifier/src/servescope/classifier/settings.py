@@ -1,0 +1,33 @@
+"""Every classifier setting, read from the environment (prefix `SERVESCOPE_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from servescope.telemetry.settings import CommonSettings, bundled_model_dir
+
+
+class Settings(CommonSettings):
+    service_name: str = "classifier"
+    port: int = Field(8001, ge=0, le=65535)
+    model_path: Path = Field(
+        default_factory=lambda: bundled_model_dir() / "digits-cnn.onnx",
+        description="Any ONNX model; name, version and preprocessing hints come from its "
+        "metadata_props (servescope.*) when present.",
+    )
+    model_name: str | None = Field(None, description="Overrides the name in the model file.")
+    model_version: str | None = Field(None, description="Overrides the version in the file.")
+    intra_op_threads: int = Field(
+        1, ge=0, description="onnxruntime threads per inference; 1 suits one process per core."
+    )
+    max_batch_size: int = Field(64, ge=1, description="Largest batch one infer call may carry.")
+    max_request_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest infer request body accepted (413 above)."
+    )
+    offload_inference: bool = Field(
+        False,
+        description="Run inference in a worker thread. Off by default: the bundled model runs "
+        "in microseconds, less than a thread hop; turn on for models that take milliseconds "
+        "so health probes never wait behind an inference.",
+    )

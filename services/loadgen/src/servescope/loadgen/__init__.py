@@ -1,0 +1,1 @@
+"""The `servescope` command: local mode, predictions and the traffic generator."""

@@ -1,0 +1,7 @@
+"""`python -m servescope.loadgen` is the `servescope` command."""
+
+import sys
+
+from servescope.loadgen.cli import main
+
+sys.exit(main())

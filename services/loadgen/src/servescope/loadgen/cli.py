@@ -1,0 +1,219 @@
+"""The `servescope` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import mimetypes
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+from servescope.loadgen.local import DEFAULT_PORTS, LocalStack, LocalStackError
+from servescope.loadgen.traffic import MIXES, LoadConfig, LoadResult, run_load
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    ports = {
+        "preprocess": args.port_preprocess,
+        "classifier": args.port_classifier,
+        "postprocess": args.port_postprocess,
+    }
+    stack = LocalStack(ports=ports, run_dir=Path(args.run_dir))
+    _say(f"starting classifier, postprocess and preprocess (logs in {args.run_dir}/) ...")
+    started = time.monotonic()
+    try:
+        stack.start(timeout=args.timeout)
+    except LocalStackError as exc:
+        _say(f"error: {exc}")
+        return 1
+    _say(f"all three services ready in {time.monotonic() - started:.1f} s")
+    loadgen: subprocess.Popen[bytes] | None = None
+    if args.rate > 0:
+        log = (Path(args.run_dir) / "loadgen.log").open("ab")
+        loadgen = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "servescope.loadgen",
+                "load",
+                "--url",
+                stack.url,
+                "--rate",
+                str(args.rate),
+                "--duration",
+                "0",
+                "--mix",
+                "mixed",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+    _say("")
+    _say(f"  predict    {stack.url}/v1/predict     (POST an image/png or image/jpeg)")
+    _say(f"  classifier {stack.services['classifier'].url}/v2/models/digits-cnn   (OIP v2)")
+    _say(f"  postprocess {stack.services['postprocess'].url}/v1/postprocess")
+    for name, service in stack.services.items():
+        _say(f"  {name:11} health {service.url}/healthz  ready {service.url}/readyz")
+    if loadgen:
+        _say(
+            f"  traffic    {args.rate}/s normal digits with 10% bad inputs (log {args.run_dir}/loadgen.log)"
+        )
+    _say("")
+    _say(f"try:  servescope predict services/classifier/model/heldout/0000_7.png --url {stack.url}")
+    _say("Ctrl-C stops everything.")
+
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    exit_code = 0
+    while not stopping:
+        time.sleep(0.2)
+        dead = [s for s in stack.services.values() if not s.running()]
+        if dead:
+            for service in dead:
+                code = service.process.returncode if service.process else "?"
+                _say(f"error: {service.name} exited (code {code}); see {service.log_path}")
+            exit_code = 1
+            break
+    _say("stopping ...")
+    if loadgen and loadgen.poll() is None:
+        loadgen.send_signal(signal.SIGINT)
+        try:
+            loadgen.wait(5)
+        except subprocess.TimeoutExpired:
+            loadgen.kill()
+    codes = stack.stop()
+    _say("stopped: " + ", ".join(f"{name} exit {code}" for name, code in codes.items()))
+    return exit_code
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    failures = 0
+    for path in args.images:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            _say(f"{path}: cannot read: {exc.strerror}")
+            failures += 1
+            continue
+        content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        request = urllib.request.Request(  # noqa: S310 (the user's own URL)
+            args.url.rstrip("/") + f"/v1/predict?top_k={args.top_k}",
+            data=data,
+            headers={"Content-Type": content_type},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=args.timeout) as response:  # noqa: S310
+                answer = orjson.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+            try:
+                error = orjson.loads(body)
+                _say(f"{path}: {exc.code} {error.get('kind')}: {error.get('error')}")
+            except orjson.JSONDecodeError:
+                _say(f"{path}: HTTP {exc.code}")
+            failures += 1
+            continue
+        except (urllib.error.URLError, OSError) as exc:
+            _say(f"{path}: cannot reach {args.url} ({exc}); is `servescope up` running?")
+            failures += 1
+            continue
+        if args.json:
+            _say(orjson.dumps({"file": path, **answer}).decode())
+        else:
+            others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in answer["top_k"][1:])
+            _say(
+                f"{path}: {answer['label']} (confidence {answer['confidence']:.3f}; "
+                f"then {others}) [{answer['model_name']} v{answer['model_version']}]"
+            )
+    return 1 if failures else 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    config = LoadConfig(
+        url=args.url,
+        rate=args.rate,
+        duration=args.duration,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        mix=args.mix,
+        bad_fraction=args.bad_fraction,
+        seed=args.seed,
+    )
+    _say(
+        f"sending {config.mix} traffic to {config.url} at {config.rate}/s "
+        + (f"for {config.duration:g} s" if config.duration else "until Ctrl-C")
+        + (f" (at most {config.requests} requests)" if config.requests else "")
+    )
+    result = LoadResult()
+    try:
+        asyncio.run(run_load(config, sys.stderr, result))
+    except KeyboardInterrupt:
+        _say("")
+    _say(result.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="servescope", description="Observe ONNX model serving, locally or on Kubernetes."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the three services locally with gentle traffic")
+    up.add_argument("--port-preprocess", type=int, default=DEFAULT_PORTS["preprocess"])
+    up.add_argument("--port-classifier", type=int, default=DEFAULT_PORTS["classifier"])
+    up.add_argument("--port-postprocess", type=int, default=DEFAULT_PORTS["postprocess"])
+    up.add_argument("--rate", type=float, default=2.0, help="traffic per second; 0 for none")
+    up.add_argument("--run-dir", default=".run", help="where process logs go")
+    up.add_argument("--timeout", type=float, default=60.0, help="readiness wait, seconds")
+    up.set_defaults(func=cmd_up)
+
+    predict = sub.add_parser("predict", help="classify image files through the running stack")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--url", default=f"http://127.0.0.1:{DEFAULT_PORTS['preprocess']}")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--timeout", type=float, default=10.0)
+    predict.add_argument("--json", action="store_true", help="print the raw JSON answers")
+    predict.set_defaults(func=cmd_predict)
+
+    load = sub.add_parser("load", help="send traffic: normal digits, bad inputs, or a mix")
+    load.add_argument("--url", default=f"http://127.0.0.1:{DEFAULT_PORTS['preprocess']}")
+    load.add_argument("--rate", type=float, default=5.0, help="requests per second")
+    load.add_argument("--duration", type=float, default=10.0, help="seconds; 0 = until Ctrl-C")
+    load.add_argument("--requests", type=int, default=0, help="stop after this many; 0 = no cap")
+    load.add_argument("--concurrency", type=int, default=8, help="most requests in flight")
+    load.add_argument("--mix", choices=MIXES, default="normal")
+    load.add_argument("--bad-fraction", type=float, default=0.1, help="bad share in --mix mixed")
+    load.add_argument("--seed", type=int, default=0)
+    load.set_defaults(func=cmd_load)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Local mode: the three services as real processes on 127.0.0.1.
+
+`servescope up` and the integration tests start the stack through this one module, so what
+the tests exercise is exactly what a learner runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Start order: the edge last, so it finds its downstreams already listening.
+SERVICES = ("classifier", "postprocess", "preprocess")
+DEFAULT_PORTS = {"preprocess": 8000, "classifier": 8001, "postprocess": 8002}
+
+
+class LocalStackError(RuntimeError):
+    """Something stops local mode from starting; the message says what to do."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
+    """(status, body) of a GET; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (our URLs)
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    log_path: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        if self.running():
+            return
+        if not port_is_free(self.port):
+            raise LocalStackError(
+                f"port {self.port} for {self.name} is taken; stop what uses it "
+                f"(`ss -ltnp 'sport = :{self.port}'` shows it) or pick another port"
+            )
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"servescope.{self.name}"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def send_signal(self, sig: int) -> None:
+        if self.running() and self.process is not None:
+            self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the process by its PID and wait; SIGKILL if it overstays `timeout`."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@dataclass
+class LocalStack:
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    run_dir: Path = field(default_factory=lambda: Path(".run"))
+    # Extra environment per service (or "*" for all), e.g. a second model for the classifier.
+    env: dict[str, dict[str, str]] = field(default_factory=dict)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SERVESCOPE_")}
+        for name in SERVICES:
+            env = {
+                **base,
+                "SERVESCOPE_PORT": str(self.ports[name]),
+                "SERVESCOPE_HOST": "127.0.0.1",
+                "SERVESCOPE_CLASSIFIER_URL": f"http://127.0.0.1:{self.ports['classifier']}",
+                "SERVESCOPE_POSTPROCESS_URL": f"http://127.0.0.1:{self.ports['postprocess']}",
+                **self.env.get("*", {}),
+                **self.env.get(name, {}),
+            }
+            self.services[name] = ServiceProcess(
+                name, self.ports[name], self.run_dir / f"{name}.log", env
+            )
+
+    @property
+    def url(self) -> str:
+        """The public edge."""
+        return self.services["preprocess"].url
+
+    def check_ports(self) -> None:
+        taken = [f"{n} ({s.port})" for n, s in self.services.items() if not port_is_free(s.port)]
+        if taken:
+            raise LocalStackError(
+                "ports already in use: "
+                + ", ".join(taken)
+                + ". Stop whatever holds them (is another `servescope up` running?) or choose "
+                "other ports with --port-preprocess/--port-classifier/--port-postprocess."
+            )
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.check_ports()
+        try:
+            for name in SERVICES:
+                self.services[name].start()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float = 30.0, names: tuple[str, ...] = SERVICES) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(names)
+        while pending:
+            for name in list(pending):
+                service = self.services[name]
+                if not service.running():
+                    raise LocalStackError(
+                        f"{name} exited during startup (code {service.process.returncode if service.process else '?'}); "
+                        f"last lines of {service.log_path}:\n{service.log_tail()}"
+                    )
+                if http_get(service.url + "/readyz", timeout=0.5)[0] == 200:
+                    pending.remove(name)
+            if pending and time.monotonic() > deadline:
+                raise LocalStackError(
+                    f"not ready after {timeout:.0f} s: {', '.join(pending)}; see "
+                    + ", ".join(str(self.services[n].log_path) for n in pending)
+                )
+            if pending:
+                time.sleep(0.05)
+
+    def stop(self, timeout: float = 15.0) -> dict[str, int | None]:
+        codes: dict[str, int | None] = {}
+        # The edge first, so nothing new reaches the downstreams while they drain.
+        for name in reversed(SERVICES):
+            with contextlib.suppress(Exception):
+                codes[name] = self.services[name].stop(timeout)
+        return codes
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

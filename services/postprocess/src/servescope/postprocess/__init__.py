@@ -1,0 +1,1 @@
+"""The postprocess service: logits in, label, top-k and calibrated confidence out."""

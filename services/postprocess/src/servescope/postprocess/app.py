@@ -1,0 +1,67 @@
+"""HTTP wiring of the postprocess service."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import numpy as np
+import structlog
+from fastapi import FastAPI
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from servescope.postprocess.cards import CardInfo, ModelCardError, load_cards
+from servescope.postprocess.scoring import labels_for, score
+from servescope.postprocess.settings import Settings
+from servescope.telemetry.errors import ServiceError, install_error_handlers
+from servescope.telemetry.health import Health, add_health_routes
+from servescope.telemetry.responses import JSONResponse
+
+log = structlog.get_logger()
+
+
+class PostprocessRequest(BaseModel):
+    model_name: str = Field(max_length=200)
+    model_version: str = Field("", max_length=100)
+    logits: list[float] = Field(min_length=1, max_length=10_000)
+    top_k: int | None = Field(None, ge=1, le=100)
+
+
+def create_app(settings: Settings, health: Health) -> FastAPI:
+    cards: dict[str, CardInfo] = {}
+    health.require("model_cards_loaded")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            cards.update(load_cards(settings.model_cards))
+        except ModelCardError as exc:
+            log.error("model_card_load_failed", error=str(exc))
+            health.fatal = str(exc)
+        else:
+            health.set("model_cards_loaded", True)
+            log.info("model_cards_loaded", models=sorted(cards))
+        yield
+
+    app = FastAPI(title="servescope postprocess", version=settings.version, lifespan=lifespan)
+    install_error_handlers(app)
+    add_health_routes(app, health)
+
+    @app.post("/v1/postprocess")
+    async def postprocess(request: PostprocessRequest) -> Response:
+        if not all(math.isfinite(x) for x in request.logits):
+            raise ServiceError(
+                422, "invalid_logits", "logits must be finite numbers", "postprocess"
+            )
+        card = cards.get(request.model_name)
+        labels = labels_for(len(request.logits), card.labels if card else None)
+        temperature = card.temperature if card else 1.0
+        result = score(
+            np.asarray(request.logits), labels, temperature, request.top_k or settings.default_top_k
+        )
+        result["calibrated"] = card is not None and temperature != 1.0
+        result["label_source"] = "model_card" if card and card.labels == labels else "class_index"
+        return JSONResponse(result)
+
+    return app

@@ -1,0 +1,20 @@
+"""Every postprocess setting, read from the environment (prefix `SERVESCOPE_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from servescope.telemetry.settings import CommonSettings, bundled_model_dir
+
+
+class Settings(CommonSettings):
+    service_name: str = "postprocess"
+    port: int = Field(8002, ge=0, le=65535)
+    model_cards: list[Path] = Field(
+        default_factory=lambda: [bundled_model_dir() / "model-card.json"],
+        description="Model card JSON files (a JSON list in the environment); labels and the "
+        "calibration temperature of each model come from its card.",
+    )
+    default_top_k: int = Field(3, ge=1, le=100)
+    max_request_bytes: int = Field(1024 * 1024, ge=1024)

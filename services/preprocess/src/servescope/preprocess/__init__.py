@@ -1,0 +1,1 @@
+"""The preprocess service: the public edge of the prediction pipeline."""

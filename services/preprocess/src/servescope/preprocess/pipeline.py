@@ -1,0 +1,143 @@
+"""The prediction pipeline: decode, build the tensor, classify, postprocess.
+
+HTTP framework free: app.py hands it bytes and gets a result dict or a ServiceError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+from servescope.preprocess import downstream
+from servescope.preprocess.imaging import ImageLimits, InputSpec, decode_image, to_tensor
+from servescope.preprocess.settings import Settings
+from servescope.telemetry.errors import ServiceError
+
+log = structlog.get_logger()
+
+
+@dataclass
+class ModelInfo:
+    """What preprocess knows about the served model, from the classifier's metadata."""
+
+    name: str
+    version: str
+    spec: InputSpec
+    output_name: str
+    fetched_at: float = field(default_factory=time.monotonic)
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+        self.settings = settings
+        self.session = session
+        self.limits = ImageLimits(settings.max_pixels, settings.min_side)
+        connect = settings.connect_timeout_seconds
+        self.classifier = downstream.Endpoint(
+            "classifier",
+            settings.classifier_url,
+            aiohttp.ClientTimeout(total=settings.classifier_timeout_seconds, connect=connect),
+        )
+        self.postprocess = downstream.Endpoint(
+            "postprocess",
+            settings.postprocess_url,
+            aiohttp.ClientTimeout(total=settings.postprocess_timeout_seconds, connect=connect),
+        )
+        self.model: ModelInfo | None = None
+
+    async def fetch_model_info(self) -> ModelInfo:
+        metadata = await downstream.call(
+            self.session, self.classifier, "GET", f"/v2/models/{self.settings.model_name}"
+        )
+        try:
+            spec = InputSpec.from_metadata(metadata)
+            info = ModelInfo(
+                name=str(metadata["name"]),
+                version=str((metadata.get("versions") or ["1"])[0]),
+                spec=spec,
+                output_name=str(metadata["outputs"][0]["name"]),
+            )
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ServiceError(
+                502, "classifier_error", f"model metadata is unusable: {exc}", "classifier"
+            ) from exc
+        if self.model is None or (self.model.name, self.model.version) != (info.name, info.version):
+            log.info("model_metadata_loaded", model_name=info.name, model_version=info.version)
+        self.model = info
+        return info
+
+    async def keep_model_info_fresh(self, on_ready: Any) -> None:
+        """Fetch metadata until it arrives (then mark ready), and refresh it periodically."""
+        delay = 0.25
+        while True:
+            try:
+                await self.fetch_model_info()
+                on_ready()
+                await asyncio.sleep(self.settings.metadata_refresh_seconds)
+                delay = 0.25
+            except ServiceError as exc:
+                if self.model is None:
+                    log.warning("waiting_for_classifier", error=exc.message, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def predict(self, image_bytes: bytes, top_k: int | None) -> dict[str, Any]:
+        model = self.model
+        if model is None:
+            raise ServiceError(
+                503, "classifier_unavailable", "model metadata not yet known", "classifier"
+            )
+        image = decode_image(image_bytes, self.limits)
+        tensor = to_tensor(image, model.spec)
+        answer = await downstream.call(
+            self.session,
+            self.classifier,
+            "POST",
+            f"/v2/models/{model.name}/infer",
+            {
+                "inputs": [
+                    {
+                        "name": model.spec.name,
+                        "shape": list(tensor.shape),
+                        "datatype": "FP32",
+                        "data": tensor.ravel(),
+                    }
+                ]
+            },
+        )
+        try:
+            output = next(o for o in answer["outputs"] if o["name"] == model.output_name)
+            logits = output["data"]
+            served_version = str(answer.get("model_version", model.version))
+        except (KeyError, TypeError, StopIteration) as exc:
+            raise ServiceError(
+                502, "classifier_error", "inference answer lacks the expected output", "classifier"
+            ) from exc
+        if served_version != model.version:
+            # The classifier now serves another version: pick up its metadata for next time.
+            asyncio.get_running_loop().create_task(self._refresh_quietly())
+        result: dict[str, Any] = await downstream.call(
+            self.session,
+            self.postprocess,
+            "POST",
+            "/v1/postprocess",
+            {
+                "model_name": model.name,
+                "model_version": served_version,
+                "logits": logits,
+                "top_k": top_k or self.settings.default_top_k,
+            },
+        )
+        result["model_name"] = model.name
+        result["model_version"] = served_version
+        return result
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.fetch_model_info()
+        except ServiceError as exc:
+            log.warning("model_metadata_refresh_failed", error=exc.message)
