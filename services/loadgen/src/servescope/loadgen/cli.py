@@ -26,7 +26,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         "classifier": args.port_classifier,
         "postprocess": args.port_postprocess,
     }
-    stack = LocalStack(ports=ports, run_dir=Path(args.run_dir))
+    run_dir = Path(args.run_dir)
+    stack = LocalStack(ports=ports, run_dir=run_dir)
+    try:
+        stack.check_ports()
+    except LocalStackError as exc:
+        _say(f"error: {exc}")
+        return 1
+    # Fresh logs for each run, so what a learner reads is this run's story.
+    for old in run_dir.glob("*.log"):
+        old.unlink()
     _say(f"starting classifier, postprocess and preprocess (logs in {args.run_dir}/) ...")
     started = time.monotonic()
     try:
@@ -92,7 +101,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             break
     _say("stopping ...")
     if loadgen and loadgen.poll() is None:
-        loadgen.send_signal(signal.SIGINT)
+        loadgen.send_signal(signal.SIGTERM)
         try:
             loadgen.wait(5)
         except subprocess.TimeoutExpired:
@@ -165,12 +174,22 @@ def cmd_load(args: argparse.Namespace) -> int:
         + (f" (at most {config.requests} requests)" if config.requests else "")
     )
     result = LoadResult()
-    try:
-        asyncio.run(run_load(config, sys.stderr, result))
-    except KeyboardInterrupt:
-        _say("")
+    asyncio.run(_load_until_stopped(config, result))
     _say(result.summary())
     return 0
+
+
+async def _load_until_stopped(config: LoadConfig, result: LoadResult) -> None:
+    """Run the load; SIGINT or SIGTERM ends it early and still leaves a summary."""
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Set explicitly: a child started from a script may inherit SIGINT as ignored.
+        loop.add_signal_handler(sig, task.cancel if task else lambda: None)
+    try:
+        await run_load(config, sys.stderr, result)
+    except asyncio.CancelledError:
+        _say("")
 
 
 def build_parser() -> argparse.ArgumentParser:

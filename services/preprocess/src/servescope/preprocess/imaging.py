@@ -83,6 +83,11 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         raise _reject(422, "empty_body", "the request carried no image bytes")
     try:
         image = Image.open(io.BytesIO(data), formats=IDENTIFIABLE_FORMATS)
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses images over twice its own pixel limit already while opening.
+        raise _reject(
+            413, "image_too_large", f"image is larger than the limit of {limits.max_pixels} pixels"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise _reject(
             422, "undecodable_image", "the body is not a readable PNG or JPEG image"

@@ -1,0 +1,38 @@
+# The two commands a newcomer needs are `make up` and `make test`; both bootstrap first.
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+PYTEST_ARGS ?=
+
+.PHONY: help bootstrap up test lint fmt pin model clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+bootstrap: ## install uv, the workspace and the Debian test tools (where apt exists)
+	@./scripts/bootstrap.sh
+
+up: bootstrap ## run the three services locally with gentle traffic (Ctrl-C stops)
+	@$(UV) run servescope up
+
+test: bootstrap ## run the whole test suite
+	@$(UV) run pytest $(PYTEST_ARGS)
+
+lint: bootstrap ## ruff (lint and format check) and mypy
+	@$(UV) run ruff check .
+	@$(UV) run ruff format --check .
+	@$(UV) run mypy
+
+fmt: bootstrap ## apply ruff's fixes and formatting
+	@$(UV) run ruff check --fix .
+	@$(UV) run ruff format .
+
+pin: ## re-pin every dependency version in pyproject.toml from a fresh resolution
+	@$(UV) run python scripts/pin.py
+
+model: ## rebuild the bundled model in a scratch venv (needs torch; see the model card)
+	@python3 -m venv .run/train-venv
+	@.run/train-venv/bin/pip install --quiet -r services/classifier/model/requirements-train.txt
+	@.run/train-venv/bin/python services/classifier/model/build_model.py
+
+clean: ## remove local run state (logs, caches); keeps the environment
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
