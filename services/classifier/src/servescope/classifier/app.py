@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import onnxruntime
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
 from servescope.classifier import oip
+from servescope.classifier.drift import DriftMonitor, DriftReference
 from servescope.classifier.model import LoadedModel, ModelLoadError, load_model
 from servescope.classifier.settings import Settings
 from servescope.telemetry.bodies import read_body
-from servescope.telemetry.errors import ServiceError, install_error_handlers
-from servescope.telemetry.health import Health, add_health_routes
+from servescope.telemetry.errors import ServiceError
+from servescope.telemetry.health import Health
+from servescope.telemetry.instrument import instrument_app
+from servescope.telemetry.metrics import ServiceMetrics, current_exemplar
 from servescope.telemetry.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 log = structlog.get_logger()
 
@@ -26,6 +33,7 @@ class ModelState:
 
     def __init__(self) -> None:
         self.model: LoadedModel | None = None
+        self.drift: DriftMonitor | None = None
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
         model = self.model
@@ -43,9 +51,39 @@ class ModelState:
         return model
 
 
+def _drift_monitor(settings: Settings, model: LoadedModel) -> DriftMonitor | None:
+    """Drift needs the card's reference statistics and the model's normalisation."""
+    card_path = settings.model_card_path or settings.model_path.with_name("model-card.json")
+    try:
+        card = json.loads(card_path.read_text())
+        if card.get("name") != model.name:
+            log.warning(
+                "drift_disabled", reason=f"model card {card_path} is for {card.get('name')}"
+            )
+            return None
+        reference = DriftReference.from_card(card)
+        mean = float(model.parameters.get("normalize_mean", 0.0))
+        std = float(model.parameters.get("normalize_std", 1.0))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("drift_disabled", reason=f"no usable model card at {card_path}: {exc}")
+        return None
+    return DriftMonitor(reference, mean, std, window=settings.drift_window)
+
+
 def create_app(settings: Settings, health: Health) -> FastAPI:
     state = ModelState()
     health.require("model_loaded")
+    metrics = ServiceMetrics("classifier")
+    inference_seconds = metrics.histogram("servescope_inference_duration_seconds")
+    batch_size = metrics.histogram("servescope_inference_batch_size")
+    drift_score = metrics.gauge("servescope_input_drift_score")
+    drift_inputs = metrics.gauge("servescope_drift_window_inputs")
+    drift_children = {
+        signal: drift_score.labels(signal)
+        for signal in ("pixel_psi", "class_psi", "mean_intensity_shift")
+    }
+    for child in drift_children.values():
+        child.set(0)
 
     async def load() -> None:
         try:
@@ -61,6 +99,11 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
             health.fatal = str(exc)
             return
         state.model = model
+        state.drift = _drift_monitor(settings, model)
+        metrics.gauge("servescope_model_info").labels(
+            model.name, model.version, model.sha256, "onnxruntime", onnxruntime.__version__
+        ).set(1)
+        metrics.gauge("servescope_model_load_duration_seconds").set(model.load_seconds)
         health.set("model_loaded", True)
         log.info(
             "model_loaded",
@@ -79,8 +122,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         task.cancel()
 
     app = FastAPI(title="servescope classifier", version=settings.version, lifespan=lifespan)
-    install_error_handlers(app)
-    add_health_routes(app, health)
+    instrument_app(app, metrics, health)
 
     @app.get("/v2")
     async def server_metadata() -> Response:
@@ -115,6 +157,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         payload = oip.parse_request(body)
         feeds = oip.decode_inputs(payload, model, settings.max_batch_size)
         names = oip.requested_outputs(payload, model)
+        started = time.perf_counter()
         try:
             if settings.offload_inference:
                 arrays = await run_in_threadpool(model.run, feeds, names)
@@ -124,6 +167,19 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
             raise ServiceError(
                 400, "inference_failed", f"onnxruntime rejected the input: {exc}", "infer"
             ) from exc
+        elapsed = time.perf_counter() - started
+        exemplar = current_exemplar()
+        if exemplar is None:
+            inference_seconds.observe(elapsed)
+        else:
+            inference_seconds.observe(elapsed, exemplar)
+        first = next(iter(feeds.values()))
+        batch_size.observe(first.shape[0] if first.ndim else 1)
+        if state.drift is not None and len(feeds) == 1 and arrays:
+            state.drift.update(first, arrays[0])
+            for signal, value in state.drift.scores().items():
+                drift_children[signal].set(value)
+            drift_inputs.set(len(state.drift))
         request_id = payload.get("id")
         return JSONResponse(
             oip.encode_response(

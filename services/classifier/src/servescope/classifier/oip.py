@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+
 from servescope.classifier.model import OIP_TO_NUMPY, LoadedModel
 from servescope.telemetry.errors import ServiceError
 

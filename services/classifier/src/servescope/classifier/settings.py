@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
+
 from servescope.telemetry.settings import CommonSettings, bundled_model_dir
 
 
@@ -16,6 +17,12 @@ class Settings(CommonSettings):
         description="Any ONNX model; name, version and preprocessing hints come from its "
         "metadata_props (servescope.*) when present.",
     )
+    model_card_path: Path | None = Field(
+        None,
+        description="Model card with the reference statistics for drift detection; default: "
+        "model-card.json beside the model file, when it exists. Without one, drift scores stay 0.",
+    )
+    drift_window: int = Field(200, ge=10, description="Inputs in the drift window.")
     model_name: str | None = Field(None, description="Overrides the name in the model file.")
     model_version: str | None = Field(None, description="Overrides the version in the file.")
     intra_op_threads: int = Field(

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import orjson
+
 from servescope.loadgen.local import DEFAULT_PORTS, LocalStack, LocalStackError
 from servescope.loadgen.traffic import MIXES, LoadConfig, LoadResult, run_load
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+
 from servescope.telemetry.settings import bundled_model_dir
 
 

@@ -18,6 +18,7 @@ from typing import TextIO
 import aiohttp
 import numpy as np
 import orjson
+
 from servescope.loadgen.inputs import Sample, bad_samples, heldout_samples
 
 MIXES = ("normal", "bad", "mixed")

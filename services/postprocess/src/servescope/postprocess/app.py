@@ -11,11 +11,14 @@ import structlog
 from fastapi import FastAPI
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
+
 from servescope.postprocess.cards import CardInfo, ModelCardError, load_cards
 from servescope.postprocess.scoring import labels_for, score
 from servescope.postprocess.settings import Settings
-from servescope.telemetry.errors import ServiceError, install_error_handlers
-from servescope.telemetry.health import Health, add_health_routes
+from servescope.telemetry.errors import ServiceError
+from servescope.telemetry.health import Health
+from servescope.telemetry.instrument import instrument_app
+from servescope.telemetry.metrics import ServiceMetrics
 from servescope.telemetry.responses import JSONResponse
 
 log = structlog.get_logger()
@@ -31,6 +34,9 @@ class PostprocessRequest(BaseModel):
 def create_app(settings: Settings, health: Health) -> FastAPI:
     cards: dict[str, CardInfo] = {}
     health.require("model_cards_loaded")
+    metrics = ServiceMetrics("postprocess")
+    confidence = metrics.histogram("servescope_prediction_confidence_ratio")
+    predictions = metrics.counter("servescope_predictions_total")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -45,8 +51,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         yield
 
     app = FastAPI(title="servescope postprocess", version=settings.version, lifespan=lifespan)
-    install_error_handlers(app)
-    add_health_routes(app, health)
+    instrument_app(app, metrics, health)
 
     @app.post("/v1/postprocess")
     async def postprocess(request: PostprocessRequest) -> Response:
@@ -60,6 +65,8 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         result = score(
             np.asarray(request.logits), labels, temperature, request.top_k or settings.default_top_k
         )
+        confidence.observe(result["confidence"])
+        predictions.labels(metrics.class_label(result["label"])).inc()
         result["calibrated"] = card is not None and temperature != 1.0
         result["label_source"] = "model_card" if card and card.labels == labels else "class_index"
         return JSONResponse(result)

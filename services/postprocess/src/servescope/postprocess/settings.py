@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
+
 from servescope.telemetry.settings import CommonSettings, bundled_model_dir
 
 

@@ -8,24 +8,30 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response
+from PIL import Image
+
 from servescope.preprocess import downstream
 from servescope.preprocess.pipeline import Pipeline
 from servescope.preprocess.settings import Settings
 from servescope.preprocess.upload import extract_image
 from servescope.telemetry.bodies import read_body
-from servescope.telemetry.errors import ServiceError, install_error_handlers
-from servescope.telemetry.health import Health, add_health_routes
+from servescope.telemetry.errors import ServiceError
+from servescope.telemetry.health import Health
+from servescope.telemetry.instrument import instrument_app
+from servescope.telemetry.metrics import ServiceMetrics
 from servescope.telemetry.responses import JSONResponse
 
 
 def create_app(settings: Settings, health: Health) -> FastAPI:
     health.require("model_metadata")
     holder: dict[str, Pipeline] = {}
+    metrics = ServiceMetrics("preprocess")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        Image.init()  # load Pillow's format plugins now, not during the first request
         session = downstream.new_session(settings.max_connections)
-        pipeline = Pipeline(settings, session)
+        pipeline = Pipeline(settings, session, metrics)
         holder["pipeline"] = pipeline
         refresher = asyncio.create_task(
             pipeline.keep_model_info_fresh(lambda: health.set("model_metadata", True))
@@ -35,8 +41,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         await session.close()
 
     app = FastAPI(title="servescope preprocess", version=settings.version, lifespan=lifespan)
-    install_error_handlers(app)
-    add_health_routes(app, health)
+    instrument_app(app, metrics, health)
 
     @app.post("/v1/predict")
     async def predict(request: Request, top_k: int | None = Query(None, ge=1, le=100)) -> Response:

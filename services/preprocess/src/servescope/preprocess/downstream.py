@@ -9,11 +9,15 @@ unreachable -> 503 `<stage>_unavailable`, too slow -> 504 `<stage>_timeout`, a b
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
+from opentelemetry import propagate
+
 from servescope.telemetry.errors import ServiceError
 
 
@@ -45,21 +49,47 @@ def _downstream_message(body: bytes) -> str:
     return str(message)[:300] if message else ""
 
 
+# Called with (outcome, seconds) after every call: ok, unavailable, timeout or error.
+Recorder = Callable[[str, float], None]
+
+
 async def call(
     session: aiohttp.ClientSession,
     endpoint: Endpoint,
     method: str,
     path: str,
     payload: Any = None,
+    record: Recorder | None = None,
 ) -> Any:
     """One JSON call with the endpoint's timeout; returns the decoded JSON answer."""
+    started = time.perf_counter()
+    try:
+        answer = await _call(session, endpoint, method, path, payload)
+    except ServiceError as exc:
+        if record is not None:
+            record(exc.kind.removeprefix(f"{endpoint.stage}_"), time.perf_counter() - started)
+        raise
+    if record is not None:
+        record("ok", time.perf_counter() - started)
+    return answer
+
+
+async def _call(
+    session: aiohttp.ClientSession,
+    endpoint: Endpoint,
+    method: str,
+    path: str,
+    payload: Any,
+) -> Any:
     url = endpoint.base_url.rstrip("/") + path
+    headers: dict[str, str] = {}
+    propagate.inject(headers)  # W3C traceparent: the downstream joins the caller's trace
     # The calls are pure functions of their input, so one retry on a pooled connection the
     # peer had already closed (a restart, an idle timeout) is safe and hides that race.
     for attempt in (1, 2):
         try:
             async with session.request(
-                method, url, json=payload, timeout=endpoint.timeout
+                method, url, json=payload, headers=headers, timeout=endpoint.timeout
             ) as response:
                 body = await response.read()
                 status = response.status

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
 from servescope.telemetry.errors import ServiceError
 
 ACCEPTED_FORMATS = {"PNG", "JPEG"}
@@ -88,7 +89,9 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         raise _reject(
             413, "image_too_large", f"image is larger than the limit of {limits.max_pixels} pixels"
         ) from exc
-    except UnidentifiedImageError as exc:
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        # A header cut short (inside PNG's IHDR, a JPEG APP segment) fails while opening with
+        # OSError("Truncated File Read") or ValueError, not UnidentifiedImageError.
         raise _reject(
             422, "undecodable_image", "the body is not a readable PNG or JPEG image"
         ) from exc

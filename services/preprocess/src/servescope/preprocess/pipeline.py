@@ -12,10 +12,14 @@ from typing import Any
 
 import aiohttp
 import structlog
+
 from servescope.preprocess import downstream
 from servescope.preprocess.imaging import ImageLimits, InputSpec, decode_image, to_tensor
 from servescope.preprocess.settings import Settings
 from servescope.telemetry.errors import ServiceError
+from servescope.telemetry.metrics import ServiceMetrics, current_exemplar
+
+STAGES = ("decode", "preprocess", "infer", "postprocess", "end_to_end")
 
 log = structlog.get_logger()
 
@@ -32,9 +36,20 @@ class ModelInfo:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, settings: Settings, session: aiohttp.ClientSession, metrics: ServiceMetrics
+    ) -> None:
         self.settings = settings
         self.session = session
+        stage = metrics.histogram("servescope_stage_duration_seconds")
+        self._stage = {name: stage.labels(name) for name in STAGES}
+        outbound = metrics.histogram("http_client_request_duration_seconds")
+        outcomes = metrics.contract.label_rules["outcome"].values
+        self._outbound = {
+            (peer, outcome): outbound.labels(peer, outcome)
+            for peer in ("classifier", "postprocess")
+            for outcome in outcomes
+        }
         self.limits = ImageLimits(settings.max_pixels, settings.min_side)
         connect = settings.connect_timeout_seconds
         self.classifier = downstream.Endpoint(
@@ -85,14 +100,49 @@ class Pipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _observe(self, stage: str, seconds: float) -> None:
+        exemplar = current_exemplar()
+        if exemplar is None:
+            self._stage[stage].observe(seconds)
+        else:
+            self._stage[stage].observe(seconds, exemplar)
+
+    def _recorder(self, peer: str) -> downstream.Recorder:
+        def record(outcome: str, seconds: float) -> None:
+            child = self._outbound[(peer, outcome)]
+            exemplar = current_exemplar()
+            if exemplar is None:
+                child.observe(seconds)
+            else:
+                child.observe(seconds, exemplar)
+
+        return record
+
     async def predict(self, image_bytes: bytes, top_k: int | None) -> dict[str, Any]:
+        """Run one prediction; every stage is timed, failed ones included."""
+        started = time.perf_counter()
+        try:
+            return await self._predict(image_bytes, top_k)
+        finally:
+            self._observe("end_to_end", time.perf_counter() - started)
+
+    async def _predict(self, image_bytes: bytes, top_k: int | None) -> dict[str, Any]:
         model = self.model
         if model is None:
             raise ServiceError(
                 503, "classifier_unavailable", "model metadata not yet known", "classifier"
             )
-        image = decode_image(image_bytes, self.limits)
+        mark = time.perf_counter()
+        try:
+            image = decode_image(image_bytes, self.limits)
+        finally:
+            now = time.perf_counter()
+            self._observe("decode", now - mark)
+            mark = now
         tensor = to_tensor(image, model.spec)
+        now = time.perf_counter()
+        self._observe("preprocess", now - mark)
+        mark = now
         answer = await downstream.call(
             self.session,
             self.classifier,
@@ -108,7 +158,11 @@ class Pipeline:
                     }
                 ]
             },
+            record=self._recorder("classifier"),
         )
+        now = time.perf_counter()
+        self._observe("infer", now - mark)
+        mark = now
         try:
             output = next(o for o in answer["outputs"] if o["name"] == model.output_name)
             logits = output["data"]
@@ -131,7 +185,9 @@ class Pipeline:
                 "logits": logits,
                 "top_k": top_k or self.settings.default_top_k,
             },
+            record=self._recorder("postprocess"),
         )
+        self._observe("postprocess", time.perf_counter() - mark)
         result["model_name"] = model.name
         result["model_version"] = served_version
         return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pydantic import Field
+
 from servescope.telemetry.settings import CommonSettings
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from python_multipart.multipart import MultipartParser, parse_options_header
+
 from servescope.telemetry.errors import ServiceError
 
 RAW_IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import Request
+
 from servescope.telemetry.errors import ServiceError
 
 

@@ -7,10 +7,16 @@ drawn from a fixed set (it becomes a metric label) and `stage` names where it fa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+
 from servescope.telemetry.responses import JSONResponse
+
+if TYPE_CHECKING:
+    from servescope.telemetry.metrics import ServiceMetrics
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -45,16 +51,32 @@ def error_response(err: ServiceError) -> Response:
     return JSONResponse(err.body(), status_code=err.status)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every failure answers in the shared shape, including FastAPI's own 404/405/422."""
+# Client errors that mean "bad input" and are counted by reason; 404/405 are not inputs.
+_REJECTION_STATUSES = frozenset({400, 413, 415, 422})
+
+
+def install_error_handlers(app: FastAPI, metrics: ServiceMetrics | None = None) -> None:
+    """Every failure answers in the shared shape, including FastAPI's own 404/405/422.
+
+    With `metrics`, every rejected input is counted in servescope_rejected_inputs_total by
+    its kind, which the contract restricts to a fixed set.
+    """
+    rejected = metrics.counter("servescope_rejected_inputs_total") if metrics else None
+    reasons = metrics.contract.label_rules["reason"] if metrics else None
+
+    def count(status: int, kind: str) -> None:
+        if rejected is not None and reasons is not None and status in _REJECTION_STATUSES:
+            rejected.labels(kind if reasons.allows(kind) else "invalid_request").inc()
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> Response:
+        count(exc.status, exc.kind)
         return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         kind = _HTTP_KINDS.get(exc.status_code, "http_error")
+        count(exc.status_code, kind)
         return JSONResponse({"error": str(exc.detail), "kind": kind}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
@@ -63,6 +85,7 @@ def install_error_handlers(app: FastAPI) -> None:
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
             for e in exc.errors()
         )
+        count(422, "invalid_request")
         return JSONResponse(
             {"error": f"invalid request: {problems}", "kind": "invalid_request"},
             status_code=422,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 from fastapi.responses import Response
+
 from servescope.telemetry.responses import JSONResponse
 
 

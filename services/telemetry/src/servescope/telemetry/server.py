@@ -17,6 +17,7 @@ from typing import TypeVar
 import structlog
 import uvicorn
 from fastapi import FastAPI
+
 from servescope.telemetry.health import Health
 from servescope.telemetry.logging import configure_logging
 from servescope.telemetry.settings import CommonSettings

@@ -1,0 +1,114 @@
+"""Input drift: recent inputs against the model card's reference statistics. Pure numpy.
+
+Three signals over a sliding window of the most recent inputs:
+* pixel_psi: population stability index of the pixel-intensity histogram (10 bins on the
+  0-1 scale) against the training histogram. PSI < 0.1 is stable, 0.1-0.25 moderate, and
+  > 0.25 significant drift (the usual credit-scoring bands).
+* class_psi: PSI of the predicted-class distribution against the training class prior.
+* mean_intensity_shift: |window mean intensity - training mean intensity|.
+
+The window sums are kept incrementally, so an update costs O(bins) whatever the window.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+THRESHOLDS = {"pixel_psi": 0.25, "class_psi": 0.25, "mean_intensity_shift": 0.1}
+_EPS = 1e-4  # floor for proportions in PSI, so empty bins do not give infinities
+
+
+@dataclass(frozen=True)
+class DriftReference:
+    bin_edges: np.ndarray
+    pixel_proportions: np.ndarray
+    mean_intensity: float
+    class_prior: np.ndarray
+
+    @classmethod
+    def from_card(cls, card: dict[str, Any]) -> DriftReference:
+        ref = card["reference"]
+        edges = np.asarray(ref["pixel_histogram"]["bin_edges"], dtype=np.float64)
+        return cls(
+            bin_edges=edges,
+            pixel_proportions=np.asarray(ref["pixel_histogram"]["proportions"], dtype=np.float64),
+            mean_intensity=float(ref["mean_intensity"]),
+            class_prior=np.asarray(ref["class_prior"], dtype=np.float64),
+        )
+
+
+def psi(observed: np.ndarray, expected: np.ndarray) -> float:
+    o = np.clip(observed, _EPS, None)
+    e = np.clip(expected, _EPS, None)
+    return float(np.sum((o - e) * np.log(o / e)))
+
+
+class DriftMonitor:
+    def __init__(
+        self,
+        reference: DriftReference,
+        normalize_mean: float,
+        normalize_std: float,
+        window: int = 200,
+        min_inputs_pixels: int = 20,
+        min_inputs_classes: int = 100,
+    ) -> None:
+        self.reference = reference
+        self.mean = normalize_mean
+        self.std = normalize_std
+        self.window = window
+        self.min_pixels = min_inputs_pixels
+        # The class signal needs more inputs: with k classes, sampling noise alone gives a
+        # PSI near (k - 1) / n, 0.09 at n = 100 for 10 classes.
+        self.min_classes = min_inputs_classes
+        self.bins = len(reference.pixel_proportions)
+        self.classes = len(reference.class_prior)
+        self._items: deque[tuple[np.ndarray, float, int]] = deque()
+        self._pixel_counts = np.zeros(self.bins, dtype=np.int64)
+        self._class_counts = np.zeros(self.classes, dtype=np.int64)
+        self._mean_sum = 0.0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def update(self, inputs: np.ndarray, logits: np.ndarray) -> None:
+        """Add a batch: inputs as the model saw them (normalised), logits as it answered."""
+        batch = inputs.shape[0]
+        raw = inputs.reshape(batch, -1).astype(np.float64) * self.std + self.mean
+        # Bin index per pixel; the small offset keeps pixel values that sit exactly on an
+        # edge (k/10) in the upper bin despite float round trips, like numpy.histogram.
+        index = np.clip(np.floor(raw * self.bins + 1e-4), 0, self.bins - 1).astype(np.int64)
+        offsets = (np.arange(batch) * self.bins)[:, None]
+        counts = np.bincount((index + offsets).ravel(), minlength=batch * self.bins)
+        counts = counts.reshape(batch, self.bins)
+        means = raw.mean(axis=1)
+        predicted = np.argmax(logits.reshape(batch, -1), axis=1)
+        for row in range(batch):
+            cls = int(predicted[row]) if predicted[row] < self.classes else -1
+            self._items.append((counts[row], float(means[row]), cls))
+            self._pixel_counts += counts[row]
+            self._mean_sum += float(means[row])
+            if cls >= 0:
+                self._class_counts[cls] += 1
+            if len(self._items) > self.window:
+                old_counts, old_mean, old_cls = self._items.popleft()
+                self._pixel_counts -= old_counts
+                self._mean_sum -= old_mean
+                if old_cls >= 0:
+                    self._class_counts[old_cls] -= 1
+
+    def scores(self) -> dict[str, float]:
+        n = len(self._items)
+        result = dict.fromkeys(THRESHOLDS, 0.0)
+        if n >= self.min_pixels:
+            total = self._pixel_counts.sum()
+            result["pixel_psi"] = psi(self._pixel_counts / total, self.reference.pixel_proportions)
+            result["mean_intensity_shift"] = abs(self._mean_sum / n - self.reference.mean_intensity)
+        classified = self._class_counts.sum()
+        if classified >= self.min_classes:
+            result["class_psi"] = psi(self._class_counts / classified, self.reference.class_prior)
+        return result
