@@ -45,7 +45,7 @@ class ServiceMetrics:
         self.service = service
         self.contract = contract or load_contract()
         # `_created` series double the series count for no question anyone asks here.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
