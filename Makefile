@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up test lint fmt pin model clean
+.PHONY: help bootstrap up test lint fmt generate pin model clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ lint: bootstrap ## ruff (lint and format check) and mypy
 fmt: bootstrap ## apply ruff's fixes and formatting
 	@$(UV) run ruff check --fix .
 	@$(UV) run ruff format .
+
+generate: bootstrap ## regenerate generated files (docs/telemetry.md, ...) from their sources
+	@$(UV) run servescope generate
 
 pin: ## re-pin every dependency version in pyproject.toml from a fresh resolution
 	@$(UV) run python scripts/pin.py

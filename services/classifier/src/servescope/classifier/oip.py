@@ -68,6 +68,9 @@ def decode_inputs(
             array = np.asarray(data, dtype=OIP_TO_NUMPY[datatype])
         except (ValueError, TypeError) as exc:
             raise _bad(f"input {name!r} data is not all {datatype} numbers: {exc}") from exc
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            # JSON has no NaN or infinity: numpy makes them from `null` or out-of-range numbers.
+            raise _bad(f"input {name!r} data is not all {datatype} numbers: null or out of range")
         if array.size != math.prod(shape):
             raise _bad(
                 f"input {name!r} has {array.size} elements; shape {shape} needs {math.prod(shape)}"

@@ -22,7 +22,9 @@ class Settings(CommonSettings):
         description="Model card with the reference statistics for drift detection; default: "
         "model-card.json beside the model file, when it exists. Without one, drift scores stay 0.",
     )
-    drift_window: int = Field(200, ge=10, description="Inputs in the drift window.")
+    drift_window: int = Field(
+        100, ge=10, description="Inputs in the sliding drift window (recent traffic only)."
+    )
     model_name: str | None = Field(None, description="Overrides the name in the model file.")
     model_version: str | None = Field(None, description="Overrides the version in the file.")
     intra_op_threads: int = Field(

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import orjson
 
-from servescope.loadgen.local import DEFAULT_PORTS, LocalStack, LocalStackError
+from servescope.loadgen.local import (
+    DEFAULT_PORTS,
+    LocalStack,
+    LocalStackError,
+    PrometheusProcess,
+    ServiceProcess,
+    prometheus_config,
+)
 from servescope.loadgen.traffic import MIXES, LoadConfig, LoadResult, run_load
 
 
@@ -45,6 +52,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         _say(f"error: {exc}")
         return 1
     _say(f"all three services ready in {time.monotonic() - started:.1f} s")
+    prometheus: PrometheusProcess | None = None
+    if args.prometheus and PrometheusProcess.available():
+        prometheus = PrometheusProcess(
+            args.port_prometheus, run_dir, prometheus_config(ports, args.port_prometheus)
+        )
+        try:
+            prometheus.start()
+        except LocalStackError as exc:
+            _say(f"warning: {exc}; continuing without Prometheus")
+            prometheus = None
     loadgen: subprocess.Popen[bytes] | None = None
     if args.rate > 0:
         log = (Path(args.run_dir) / "loadgen.log").open("ab")
@@ -93,11 +110,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     exit_code = 0
     while not stopping:
         time.sleep(0.2)
-        dead = [s for s in stack.services.values() if not s.running()]
+        dead: list[ServiceProcess | PrometheusProcess] = [
+            s for s in stack.services.values() if not s.running()
+        ]
+        if prometheus and not prometheus.running():
+            dead.append(prometheus)
         if dead:
-            for service in dead:
-                code = service.process.returncode if service.process else "?"
-                _say(f"error: {service.name} exited (code {code}); see {service.log_path}")
+            for proc in dead:
+                code = proc.process.returncode if proc.process else "?"
+                name = getattr(proc, "name", "prometheus")
+                _say(f"error: {name} exited (code {code}); see {proc.log_path}")
             exit_code = 1
             break
     _say("stopping ...")
@@ -108,6 +130,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             loadgen.kill()
     codes = stack.stop()
+    if prometheus:
+        codes["prometheus"] = prometheus.stop()
     _say("stopped: " + ", ".join(f"{name} exit {code}" for name, code in codes.items()))
     return exit_code
 
@@ -193,6 +217,21 @@ async def _load_until_stopped(config: LoadConfig, result: LoadResult) -> None:
         _say("")
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Regenerate every generated file, or with --check report the ones that drifted."""
+    from servescope.loadgen.generate import generate_all
+
+    stale = generate_all(check=args.check)
+    if args.check:
+        if stale:
+            _say("out of date (run `make generate`): " + ", ".join(stale))
+            return 1
+        _say("generated files are up to date")
+        return 0
+    _say("written: " + (", ".join(stale) if stale else "nothing changed"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="servescope", description="Observe ONNX model serving, locally or on Kubernetes."
@@ -203,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port-preprocess", type=int, default=DEFAULT_PORTS["preprocess"])
     up.add_argument("--port-classifier", type=int, default=DEFAULT_PORTS["classifier"])
     up.add_argument("--port-postprocess", type=int, default=DEFAULT_PORTS["postprocess"])
+    up.add_argument("--port-prometheus", type=int, default=9090)
+    up.add_argument(
+        "--no-prometheus", dest="prometheus", action="store_false", help="do not start Prometheus"
+    )
     up.add_argument("--rate", type=float, default=2.0, help="traffic per second; 0 for none")
     up.add_argument("--run-dir", default=".run", help="where process logs go")
     up.add_argument("--timeout", type=float, default=60.0, help="readiness wait, seconds")
@@ -222,10 +265,20 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--duration", type=float, default=10.0, help="seconds; 0 = until Ctrl-C")
     load.add_argument("--requests", type=int, default=0, help="stop after this many; 0 = no cap")
     load.add_argument("--concurrency", type=int, default=8, help="most requests in flight")
-    load.add_argument("--mix", choices=MIXES, default="normal")
+    load.add_argument(
+        "--mix", choices=MIXES, default="normal", help="drift: inverted, noisy, rotated digits"
+    )
     load.add_argument("--bad-fraction", type=float, default=0.1, help="bad share in --mix mixed")
     load.add_argument("--seed", type=int, default=0)
     load.set_defaults(func=cmd_load)
+
+    generate = sub.add_parser(
+        "generate", help="regenerate generated files (docs/telemetry.md, ...)"
+    )
+    generate.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a file is out of date"
+    )
+    generate.set_defaults(func=cmd_generate)
     return parser
 
 

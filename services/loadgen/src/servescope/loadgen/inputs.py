@@ -15,6 +15,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from servescope.telemetry.settings import bundled_model_dir
@@ -96,4 +97,36 @@ def bad_samples(max_body_bytes: int = 4 * 1024 * 1024) -> tuple[Sample, ...]:
         Sample("wrong_content_type", digit, "application/json"),
         Sample("cmyk_jpeg", _cmyk_jpeg(), "image/jpeg"),
         Sample("animated_gif", _animated_gif(), "image/gif"),
+    )
+
+
+def _shifted(digit: bytes, kind: str, rng: np.random.Generator) -> bytes:
+    pixels = np.asarray(Image.open(io.BytesIO(digit)).convert("L"), dtype=np.float64)
+    if kind == "inverted":
+        pixels = 255.0 - pixels
+    elif kind == "noisy":
+        pixels = pixels + rng.normal(0.0, 64.0, pixels.shape)
+    else:  # rotated: a quarter turn, the ink statistics unchanged but the shapes are not
+        pixels = np.rot90(pixels)
+    return _png(Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8)))
+
+
+DRIFT_KINDS = ("inverted", "noisy", "rotated")
+
+
+@functools.cache
+def drift_samples(seed: int = 0) -> tuple[Sample, ...]:
+    """Held-out digits shifted away from the training data: inverted, noisy and rotated.
+
+    Inverted and noisy digits move the pixel-intensity histogram (pixel_psi); rotated ones
+    keep it but move the predicted-class distribution (class_psi).
+    """
+    rng = np.random.default_rng(seed)
+    return tuple(
+        Sample(
+            f"{DRIFT_KINDS[i % 3]}_{sample.name}",
+            _shifted(sample.body, DRIFT_KINDS[i % 3], rng),
+            "image/png",
+        )
+        for i, sample in enumerate(heldout_samples())
     )

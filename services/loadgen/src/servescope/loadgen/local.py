@@ -7,7 +7,9 @@ the tests exercise is exactly what a learner runs.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +19,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+from servescope.telemetry.settings import repo_root
 
 # Start order: the edge last, so it finds its downstreams already listening.
 SERVICES = ("classifier", "postprocess", "preprocess")
@@ -109,6 +116,123 @@ class ServiceProcess:
             return None
         if self.process.poll() is None:
             self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+PROMETHEUS_INSTALL_HINT = (
+    "Prometheus is not installed, so local mode runs without it. On Debian or Ubuntu: "
+    "sudo apt-get install prometheus (or run `make up`, which installs it where it can)."
+)
+
+
+def prometheus_config(
+    ports: dict[str, int], prometheus_port: int, scrape_interval: str | None = None
+) -> dict[str, Any]:
+    """deploy/local/prometheus.yml with the targets moved to the ports actually used."""
+    config: dict[str, Any] = yaml.safe_load(
+        (repo_root() / "deploy" / "local" / "prometheus.yml").read_text()
+    )
+    for job in config["scrape_configs"]:
+        port = prometheus_port if job["job_name"] == "prometheus" else ports[job["job_name"]]
+        for static in job["static_configs"]:
+            static["targets"] = [f"127.0.0.1:{port}"]
+    if scrape_interval:
+        config["global"]["scrape_interval"] = scrape_interval
+        config["global"]["evaluation_interval"] = scrape_interval
+        config["global"]["scrape_timeout"] = scrape_interval
+    return config
+
+
+@dataclass
+class PrometheusProcess:
+    """A real Prometheus (Debian's binary) scraping the local services."""
+
+    port: int
+    run_dir: Path
+    config: dict[str, Any]
+    binary: str = "prometheus"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "prometheus.log"
+
+    @staticmethod
+    def available(binary: str = "prometheus") -> bool:
+        return shutil.which(binary) is not None
+
+    def start(self, timeout: float = 30.0) -> None:
+        if not self.available(self.binary):
+            raise LocalStackError(PROMETHEUS_INSTALL_HINT)
+        if not port_is_free(self.port):
+            raise LocalStackError(f"port {self.port} for Prometheus is taken; pick another")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.run_dir / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        data = self.run_dir / "prometheus-data"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    f"--config.file={config_path}",
+                    f"--storage.tsdb.path={data}",
+                    "--storage.tsdb.retention.time=1d",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--enable-feature=exemplar-storage",
+                    "--web.enable-lifecycle",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout
+        while http_get(self.url + "/-/ready", timeout=0.5)[0] != 200:
+            if self.process.poll() is not None:
+                raise LocalStackError(
+                    f"Prometheus exited (code {self.process.returncode}); see {self.log_path}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise LocalStackError(
+                    f"Prometheus not ready after {timeout:.0f} s; see {self.log_path}"
+                )
+            time.sleep(0.1)
+
+    def wait_for_targets(self, timeout: float = 30.0) -> None:
+        """Block until every scrape target has been scraped successfully once.
+
+        Prometheus hands discovered targets to its scrapers in batches every 5 s, so the
+        first scrape can come several seconds after /-/ready.
+        """
+        deadline = time.monotonic() + timeout
+        expected = len(self.config["scrape_configs"])
+        while True:
+            status, body = http_get(self.url + "/api/v1/targets?state=active", timeout=2)
+            if status == 200:
+                targets = json.loads(body)["data"]["activeTargets"]
+                if len(targets) >= expected and all(t["health"] == "up" for t in targets):
+                    return
+            if time.monotonic() > deadline:
+                raise LocalStackError(f"Prometheus targets not all up after {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -19,9 +19,9 @@ import aiohttp
 import numpy as np
 import orjson
 
-from servescope.loadgen.inputs import Sample, bad_samples, heldout_samples
+from servescope.loadgen.inputs import Sample, bad_samples, drift_samples, heldout_samples
 
-MIXES = ("normal", "bad", "mixed")
+MIXES = ("normal", "bad", "mixed", "drift")
 
 
 @dataclass
@@ -79,6 +79,8 @@ def _samples(config: LoadConfig) -> itertools.cycle[Sample]:
         pool = normal
     elif config.mix == "bad":
         pool = bad
+    elif config.mix == "drift":
+        pool = list(drift_samples(config.seed))
     else:
         count = max(1, round(len(normal) * config.bad_fraction / (1 - config.bad_fraction)))
         pool = normal + [bad[i % len(bad)] for i in range(count)]

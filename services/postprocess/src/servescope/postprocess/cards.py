@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +24,17 @@ def load_card(path: Path) -> CardInfo:
     try:
         card = json.loads(path.read_text())
         calibration = card.get("calibration") or {}
-        return CardInfo(
+        info = CardInfo(
             name=str(card["name"]),
             version=str(card["version"]),
             labels=[str(label) for label in card["labels"]],
             temperature=float(calibration.get("temperature", 1.0)),
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # softmax(logits / T): T <= 0 would divide by zero or invert the ranking.
+        if not (math.isfinite(info.temperature) and info.temperature > 0):
+            raise ValueError(f"calibration temperature must be > 0, not {info.temperature}")
+        return info
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelCardError(f"cannot use model card {path}: {exc}") from exc
 
 

@@ -94,13 +94,14 @@ async def _call(
                 body = await response.read()
                 status = response.status
             break
-        except aiohttp.ServerDisconnectedError as exc:
-            if attempt == 2:
-                raise _failure(endpoint, 502, "error", "closed the connection mid-call") from exc
         except aiohttp.ClientConnectorError as exc:
             raise _failure(
                 endpoint, 503, "unavailable", f"is unreachable ({exc.os_error})"
             ) from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            # Closed or reset (ECONNRESET) by a peer that is shutting down or restarting.
+            if attempt == 2:
+                raise _failure(endpoint, 502, "error", "closed the connection mid-call") from exc
         except TimeoutError as exc:
             raise _failure(
                 endpoint, 504, "timeout", f"did not answer within {endpoint.timeout.total} s"

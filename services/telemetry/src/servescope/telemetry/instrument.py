@@ -11,6 +11,7 @@ from servescope.telemetry.metrics import ServiceMetrics, add_metrics_route
 
 
 def instrument_app(app: FastAPI, metrics: ServiceMetrics, health: Health) -> None:
+    app.state.metrics = metrics  # for tests and in-process tools
     install_error_handlers(app, metrics)
     add_health_routes(app, health)
     add_metrics_route(app, metrics)

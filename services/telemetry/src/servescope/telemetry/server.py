@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Callable
 from types import FrameType
 from typing import TypeVar
@@ -24,6 +25,9 @@ from servescope.telemetry.settings import CommonSettings
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 
+# After the listener closes, the longest wait for a just-accepted connection's request.
+ACCEPTED_GRACE_SECONDS = 0.25
+
 
 class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, health: Health, drain_seconds: float) -> None:
@@ -37,6 +41,53 @@ class DrainingServer(uvicorn.Server):
         if self.health.fatal:
             return True
         return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn's own shutdown closes the listener, which resets every connection still in
+        # the kernel's accept queue, and at once closes every connection with no request under
+        # way, including those just accepted whose request is not read yet: a reset too.
+        # Take the queued connections first, close the listener, and give the fresh
+        # connections a moment to deliver their request; uvicorn then finishes them.
+        loop = asyncio.get_running_loop()
+        for conn in self._close_listeners():
+            await loop.connect_accepted_socket(self._protocol, conn)
+        for _ in range(round(ACCEPTED_GRACE_SECONDS / 0.01)):
+            if all(getattr(c, "cycle", None) for c in self.server_state.connections):
+                break
+            await asyncio.sleep(0.01)
+        await super().shutdown(sockets)
+
+    def _close_listeners(self) -> list[socket.socket]:
+        """Accept what is queued and close the listeners in one step (no await in between)."""
+        listeners = [
+            socket.fromfd(sock.fileno(), sock.family, sock.type)  # a dup: closing it is ours
+            for server in self.servers
+            for sock in server.sockets
+        ]
+        accepted: list[socket.socket] = []
+        try:
+            for listener in listeners:
+                listener.setblocking(False)
+                while True:
+                    try:
+                        conn, _ = listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    conn.setblocking(False)
+                    accepted.append(conn)
+            for server in self.servers:
+                server.close()
+        finally:
+            for listener in listeners:
+                listener.close()
+        return accepted
+
+    def _protocol(self) -> asyncio.Protocol:
+        """A connection handler exactly like the ones uvicorn makes for its listener."""
+        protocol: asyncio.Protocol = self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+        return protocol
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         log = structlog.get_logger()

@@ -1,0 +1,34 @@
+"""Every generated file in the repository, produced from its source of truth.
+
+`make generate` writes them; a test runs the check mode and fails when a committed copy
+has drifted from its source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from servescope.telemetry.docs import render_markdown
+from servescope.telemetry.settings import repo_root
+
+# Path relative to the repository root -> function producing its content.
+GENERATORS: dict[str, Callable[[], str]] = {
+    "docs/telemetry.md": render_markdown,
+}
+
+
+def generate_all(check: bool = False, root: Path | None = None) -> list[str]:
+    """Paths whose content differs from what the generators produce (written unless check)."""
+    root = root or repo_root()
+    changed = []
+    for relative, produce in GENERATORS.items():
+        path = root / relative
+        content = produce()
+        current = path.read_text() if path.exists() else None
+        if current != content:
+            changed.append(relative)
+            if not check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(content)
+    return changed

@@ -1,0 +1,75 @@
+"""docs/telemetry.md, generated from the telemetry contract."""
+
+from __future__ import annotations
+
+from servescope.telemetry.contract import Contract, LabelRule, load_contract
+
+
+def _values(rule: LabelRule) -> str:
+    if rule.values:
+        return ", ".join(f"`{v}`" for v in rule.values)
+    return f"pattern `{rule.pattern}`" + (f" ({rule.note})" if rule.note else "")
+
+
+def render_markdown(contract: Contract | None = None) -> str:
+    contract = contract or load_contract()
+    out = [
+        "# Telemetry contract",
+        "",
+        "<!-- Generated from services/telemetry/src/servescope/telemetry/contract.yaml by",
+        "     `make generate`; edit the YAML, not this file. A test fails when they differ. -->",
+        "",
+        "Every metric the services expose, with its type, unit, labels and buckets. Metric",
+        "objects are created from the same file, and a test scrapes the running services and",
+        "checks their exposition against it both ways. Scrape `/metrics` on each service's own",
+        "port; OpenMetrics (with exemplars carrying `trace_id`) when the scraper asks for it.",
+        "",
+        "## Metrics",
+        "",
+        "| name | type | unit | labels | services | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for spec in contract.metrics:
+        if spec.runtime:
+            continue
+        labels = ", ".join(f"`{label}`" for label in spec.labels) or "-"
+        extra = " Exemplars: trace_id, span_id." if spec.exemplars else ""
+        out.append(
+            f"| `{spec.name}` | {spec.type} | {spec.unit} | {labels} | "
+            f"{', '.join(spec.services)} | {spec.help}{extra} |"
+        )
+    out += ["", "## Histogram buckets", ""]
+    for name, buckets in contract.bucket_sets.items():
+        users = [m.name for m in contract.metrics if m.buckets == buckets]
+        out.append(f"- **{name}** ({', '.join(f'`{u}`' for u in users)}): {list(buckets)}")
+    out += [
+        "",
+        "Latency bucket sets include 0.2 s and 0.5 s exactly: the p95 alert threshold and the",
+        "latency SLO threshold, so both are exact counts, not interpolations.",
+        "",
+        "## Label values",
+        "",
+        "Every label has a closed set of values or a pattern with a stated bound, so no request",
+        "can create new series.",
+        "",
+        "| label | values |",
+        "|---|---|",
+        f"| `http_route` | the service's route templates, or `{contract.unmatched_route}` for any"
+        " path no route matches |",
+    ]
+    for name, rule in contract.label_rules.items():
+        out.append(f"| `{name}` | {_values(rule)} |")
+    out += ["", "## Routes per service", ""]
+    for service, routes in contract.routes.items():
+        out.append(f"- **{service}**: " + ", ".join(f"`{r}`" for r in routes))
+    out += [
+        "",
+        "## Runtime metrics",
+        "",
+        "From prometheus_client's process, platform and GC collectors, on every service:",
+        "",
+    ]
+    for spec in contract.metrics:
+        if spec.runtime:
+            out.append(f"- `{spec.name}` ({spec.type}, {spec.unit}): {spec.help}")
+    return "\n".join(out) + "\n"
