@@ -134,9 +134,12 @@ def prometheus_config(
     ports: dict[str, int], prometheus_port: int, scrape_interval: str | None = None
 ) -> dict[str, Any]:
     """deploy/local/prometheus.yml with the targets moved to the ports actually used."""
-    config: dict[str, Any] = yaml.safe_load(
-        (repo_root() / "deploy" / "local" / "prometheus.yml").read_text()
-    )
+    source = repo_root() / "deploy" / "local" / "prometheus.yml"
+    config: dict[str, Any] = yaml.safe_load(source.read_text())
+    # Rule files are written relative to deploy/local/; the generated copy lives in .run/.
+    config["rule_files"] = [
+        str((source.parent / pattern).resolve()) for pattern in config.get("rule_files") or []
+    ]
     for job in config["scrape_configs"]:
         port = prometheus_port if job["job_name"] == "prometheus" else ports[job["job_name"]]
         for static in job["static_configs"]:
