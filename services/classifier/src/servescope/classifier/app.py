@@ -122,7 +122,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         task.cancel()
 
     app = FastAPI(title="servescope classifier", version=settings.version, lifespan=lifespan)
-    instrument_app(app, metrics, health)
+    faults = instrument_app(app, metrics, health, settings, fault_steps=("inference",))
 
     @app.get("/v2")
     async def server_metadata() -> Response:
@@ -158,6 +158,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         feeds = oip.decode_inputs(payload, model, settings.max_batch_size)
         names = oip.requested_outputs(payload, model)
         started = time.perf_counter()
+        await faults.inject("inference")
         try:
             if settings.offload_inference:
                 arrays = await run_in_threadpool(model.run, feeds, names)

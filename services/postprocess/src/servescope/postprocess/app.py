@@ -51,7 +51,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         yield
 
     app = FastAPI(title="servescope postprocess", version=settings.version, lifespan=lifespan)
-    instrument_app(app, metrics, health)
+    faults = instrument_app(app, metrics, health, settings, fault_steps=("softmax",))
 
     @app.post("/v1/postprocess")
     async def postprocess(request: PostprocessRequest) -> Response:
@@ -59,6 +59,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
             raise ServiceError(
                 422, "invalid_logits", "logits must be finite numbers", "postprocess"
             )
+        await faults.inject("softmax")
         card = cards.get(request.model_name)
         labels = labels_for(len(request.logits), card.labels if card else None)
         temperature = card.temperature if card else 1.0

@@ -31,7 +31,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         Image.init()  # load Pillow's format plugins now, not during the first request
         session = downstream.new_session(settings.max_connections)
-        pipeline = Pipeline(settings, session, metrics)
+        pipeline = Pipeline(settings, session, metrics, faults)
         holder["pipeline"] = pipeline
         refresher = asyncio.create_task(
             pipeline.keep_model_info_fresh(lambda: health.set("model_metadata", True))
@@ -41,7 +41,9 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         await session.close()
 
     app = FastAPI(title="servescope preprocess", version=settings.version, lifespan=lifespan)
-    instrument_app(app, metrics, health)
+    faults = instrument_app(
+        app, metrics, health, settings, fault_steps=("decode", "resize", "normalise")
+    )
 
     @app.post("/v1/predict")
     async def predict(request: Request, top_k: int | None = Query(None, ge=1, le=100)) -> Response:

@@ -138,6 +138,11 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
 
 def to_tensor(image: Image.Image, spec: InputSpec) -> np.ndarray:
     """Resize and normalise into a float32 NCHW array of batch 1."""
+    return normalise(resize(image, spec), spec)
+
+
+def resize(image: Image.Image, spec: InputSpec) -> Image.Image:
+    """The model's colour mode and size; transparency composited on black."""
     if image.mode in ("LA", "PA", "RGBA", "P") and (
         image.mode != "P" or "transparency" in image.info
     ):
@@ -151,6 +156,11 @@ def to_tensor(image: Image.Image, spec: InputSpec) -> np.ndarray:
         # BOX averages every source pixel when shrinking; BILINEAR is smooth when enlarging.
         resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
         image = image.resize((spec.width, spec.height), resample)
+    return image
+
+
+def normalise(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """Scale and standardise pixels into a float32 NCHW array of batch 1."""
     pixels = np.asarray(image, dtype=np.float32)
     pixels = pixels[np.newaxis, :, :] if spec.channels == 1 else pixels.transpose(2, 0, 1)
     scaled = pixels * np.float32(spec.scale)

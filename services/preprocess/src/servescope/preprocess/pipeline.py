@@ -14,9 +14,10 @@ import aiohttp
 import structlog
 
 from servescope.preprocess import downstream
-from servescope.preprocess.imaging import ImageLimits, InputSpec, decode_image, to_tensor
+from servescope.preprocess.imaging import ImageLimits, InputSpec, decode_image, normalise, resize
 from servescope.preprocess.settings import Settings
 from servescope.telemetry.errors import ServiceError
+from servescope.telemetry.faults import Faults
 from servescope.telemetry.metrics import ServiceMetrics, current_exemplar
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "end_to_end")
@@ -37,9 +38,14 @@ class ModelInfo:
 
 class Pipeline:
     def __init__(
-        self, settings: Settings, session: aiohttp.ClientSession, metrics: ServiceMetrics
+        self,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        metrics: ServiceMetrics,
+        faults: Faults,
     ) -> None:
         self.settings = settings
+        self.faults = faults
         self.session = session
         stage = metrics.histogram("servescope_stage_duration_seconds")
         self._stage = {name: stage.labels(name) for name in STAGES}
@@ -134,12 +140,16 @@ class Pipeline:
             )
         mark = time.perf_counter()
         try:
+            await self.faults.inject("decode")
             image = decode_image(image_bytes, self.limits)
         finally:
             now = time.perf_counter()
             self._observe("decode", now - mark)
             mark = now
-        tensor = to_tensor(image, model.spec)
+        await self.faults.inject("resize")
+        resized = resize(image, model.spec)
+        await self.faults.inject("normalise")
+        tensor = normalise(resized, model.spec)
         now = time.perf_counter()
         self._observe("preprocess", now - mark)
         mark = now

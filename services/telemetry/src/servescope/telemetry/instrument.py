@@ -5,15 +5,30 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from servescope.telemetry.errors import install_error_handlers
+from servescope.telemetry.faults import Faults, add_admin_routes
 from servescope.telemetry.health import Health, add_health_routes
 from servescope.telemetry.http_metrics import HTTPMetricsMiddleware
 from servescope.telemetry.metrics import ServiceMetrics, add_metrics_route
+from servescope.telemetry.settings import CommonSettings
 
 
-def instrument_app(app: FastAPI, metrics: ServiceMetrics, health: Health) -> None:
+def instrument_app(
+    app: FastAPI,
+    metrics: ServiceMetrics,
+    health: Health,
+    settings: CommonSettings,
+    fault_steps: tuple[str, ...] = (),
+) -> Faults:
+    """Returns the service's fault switches (set from settings; admin routes if a token)."""
     app.state.metrics = metrics  # for tests and in-process tools
+    faults = Faults(fault_steps, metrics)
+    if settings.fault_stage and settings.fault_delay_seconds:
+        faults.set(settings.fault_stage, settings.fault_delay_seconds)
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    add_admin_routes(app, faults, token)
     install_error_handlers(app, metrics)
     add_health_routes(app, health)
     add_metrics_route(app, metrics)
     metrics.gauge("servescope_ready").set_function(lambda: 1.0 if health.ready else 0.0)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
+    return faults

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +48,16 @@ class CommonSettings(BaseSettings):
     )
     graceful_timeout_seconds: float = Field(
         20.0, gt=0, description="Longest wait for in-flight requests after the listener closes."
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Enables /admin/faults, guarded by this bearer token. Unset: no admin routes.",
+    )
+    fault_stage: str | None = Field(
+        None, description="Step to slow down at startup (preprocess: decode, resize, normalise)."
+    )
+    fault_delay_seconds: float = Field(
+        0.0, ge=0, le=30, description="Extra delay in fault_stage; 0 = no fault."
     )
     service_name: str = Field("service", description="Name in logs, health and telemetry.")
     version: str = Field("0.1.0", description="Service version reported in health and logs.")
