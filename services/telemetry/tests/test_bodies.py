@@ -9,6 +9,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.testclient import TestClient
+
 from servescope.telemetry.bodies import read_body
 from servescope.telemetry.errors import ServiceError, install_error_handlers
 

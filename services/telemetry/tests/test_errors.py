@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
+
 from servescope.telemetry.errors import ServiceError, install_error_handlers
 
 SECRET = "/srv/secret/model.onnx token=hunter2"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+
 from servescope.telemetry.health import Health, add_health_routes
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 from pydantic import ValidationError
+
 from servescope.telemetry.responses import JSONResponse
 from servescope.telemetry.settings import CommonSettings, bundled_model_dir, repo_root
 

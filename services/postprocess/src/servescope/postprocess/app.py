@@ -8,13 +8,14 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from servescope.postprocess.cards import CardInfo, ModelCardError, load_cards
 from servescope.postprocess.scoring import labels_for, score
 from servescope.postprocess.settings import Settings
+from servescope.telemetry.bodies import read_body
 from servescope.telemetry.errors import ServiceError
 from servescope.telemetry.health import Health
 from servescope.telemetry.instrument import instrument_app
@@ -54,7 +55,17 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
     faults = instrument_app(app, metrics, health, settings, fault_steps=("softmax",))
 
     @app.post("/v1/postprocess")
-    async def postprocess(request: PostprocessRequest) -> Response:
+    async def postprocess(http_request: Request) -> Response:
+        body = await read_body(http_request, settings.max_request_bytes, stage="postprocess")
+        try:
+            request = PostprocessRequest.model_validate_json(body)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ServiceError(
+                422, "invalid_request", f"invalid request: {problems}", "postprocess"
+            ) from exc
         if not all(math.isfinite(x) for x in request.logits):
             raise ServiceError(
                 422, "invalid_logits", "logits must be finite numbers", "postprocess"
