@@ -21,9 +21,10 @@ from servescope.classifier.settings import Settings
 from servescope.telemetry.bodies import read_body
 from servescope.telemetry.errors import ServiceError
 from servescope.telemetry.health import Health
-from servescope.telemetry.instrument import instrument_app
+from servescope.telemetry.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
 from servescope.telemetry.metrics import ServiceMetrics, current_exemplar
 from servescope.telemetry.responses import JSONResponse
+from servescope.telemetry.tracing import tracer
 
 log = structlog.get_logger()
 
@@ -121,7 +122,12 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         yield
         task.cancel()
 
-    app = FastAPI(title="servescope classifier", version=settings.version, lifespan=lifespan)
+    app = FastAPI(
+        title="servescope classifier",
+        version=settings.version,
+        lifespan=lifespan,
+        telemetry=FASTAPI_TELEMETRY_OFF,
+    )
     faults = instrument_app(app, metrics, health, settings, fault_steps=("inference",))
 
     @app.get("/v2")
@@ -153,28 +159,35 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         model = state.get(name, version)
+        structlog.contextvars.bind_contextvars(model_name=model.name, model_version=model.version)
         body = await read_body(request, settings.max_request_bytes, stage="infer")
         payload = oip.parse_request(body)
         feeds = oip.decode_inputs(payload, model, settings.max_batch_size)
         names = oip.requested_outputs(payload, model)
-        started = time.perf_counter()
-        await faults.inject("inference")
-        try:
-            if settings.offload_inference:
-                arrays = await run_in_threadpool(model.run, feeds, names)
-            else:
-                arrays = model.run(feeds, names)
-        except Exception as exc:  # onnxruntime's own errors: a tensor it cannot compute on
-            raise ServiceError(
-                400, "inference_failed", f"onnxruntime rejected the input: {exc}", "infer"
-            ) from exc
-        elapsed = time.perf_counter() - started
+        first = next(iter(feeds.values()))
+        with tracer().start_as_current_span("inference") as span:
+            span.set_attribute("servescope.model.name", model.name)
+            span.set_attribute("servescope.model.version", model.version)
+            span.set_attribute(
+                "servescope.inference.batch_size", int(first.shape[0]) if first.ndim else 1
+            )
+            await faults.inject("inference")
+            started = time.perf_counter()
+            try:
+                if settings.offload_inference:
+                    arrays = await run_in_threadpool(model.run, feeds, names)
+                else:
+                    arrays = model.run(feeds, names)
+            except Exception as exc:  # onnxruntime's own errors: a tensor it cannot compute on
+                raise ServiceError(
+                    400, "inference_failed", f"onnxruntime rejected the input: {exc}", "infer"
+                ) from exc
+            elapsed = time.perf_counter() - started
         exemplar = current_exemplar()
         if exemplar is None:
             inference_seconds.observe(elapsed)
         else:
             inference_seconds.observe(elapsed, exemplar)
-        first = next(iter(feeds.values()))
         batch_size.observe(first.shape[0] if first.ndim else 1)
         if state.drift is not None and len(feeds) == 1 and arrays:
             state.drift.update(first, arrays[0])

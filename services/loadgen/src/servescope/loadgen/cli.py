@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import mimetypes
+import secrets
 import signal
 import subprocess
 import sys
@@ -35,14 +36,46 @@ def cmd_up(args: argparse.Namespace) -> int:
         "postprocess": args.port_postprocess,
     }
     run_dir = Path(args.run_dir)
-    stack = LocalStack(ports=ports, run_dir=run_dir)
+    # Local mode keeps every trace and every log line: a learner's traffic is small, and the
+    # point is to find one slow request and read all of it.
+    local_env = {
+        name: {
+            "SERVESCOPE_TRACE_FILE": str(run_dir / "traces" / f"{name}.jsonl"),
+            "SERVESCOPE_TRACE_SAMPLE_RATIO": "1.0",
+            "SERVESCOPE_LOG_INFO_SAMPLE_RATIO": "1.0",
+        }
+        for name in ports
+    }
+    # The lab's fault switches: a random admin token, readable only by this user, lets
+    # `servescope fault` toggle faults at run time; --fault sets one from the start.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    token_file = run_dir / "admin-token"
+    token_file.write_text(secrets.token_urlsafe(24))
+    token_file.chmod(0o600)
+    for name in ports:
+        local_env[name]["SERVESCOPE_ADMIN_TOKEN"] = token_file.read_text()
+    for fault in args.fault:
+        try:
+            service, step, seconds = fault.split(":")
+            float(seconds)
+        except ValueError:
+            _say(
+                f"error: --fault {fault!r}: write SERVICE:STEP:SECONDS, e.g. preprocess:resize:0.5"
+            )
+            return 1
+        if service not in local_env:
+            _say(f"error: --fault {fault!r}: no service {service!r}")
+            return 1
+        local_env[service]["SERVESCOPE_FAULT_STAGE"] = step
+        local_env[service]["SERVESCOPE_FAULT_DELAY_SECONDS"] = seconds
+    stack = LocalStack(ports=ports, run_dir=run_dir, env=local_env)
     try:
         stack.check_ports()
     except LocalStackError as exc:
         _say(f"error: {exc}")
         return 1
     # Fresh logs for each run, so what a learner reads is this run's story.
-    for old in run_dir.glob("*.log"):
+    for old in [*run_dir.glob("*.log"), *run_dir.glob("traces/*.jsonl")]:
         old.unlink()
     _say(f"starting classifier, postprocess and preprocess (logs in {args.run_dir}/) ...")
     started = time.monotonic()
@@ -232,6 +265,59 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fault(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        token = Path(args.token_file).read_text().strip()
+    except OSError:
+        _say(f"no admin token at {args.token_file}; is `servescope up` running from here?")
+        return 1
+    port = DEFAULT_PORTS[args.service] if args.port is None else args.port
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/admin/faults/{args.step}",
+        data=orjson.dumps({"delay_seconds": args.seconds}),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="PUT",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            answer = orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        _say(f"{args.service}: {exc.code} {orjson.loads(exc.read()).get('error')}")
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        _say(f"cannot reach {args.service} on port {port} ({exc}); is `servescope up` running?")
+        return 1
+    _say(f"{args.service} faults now: {answer['delays'] or 'none'}")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from servescope.loadgen.traces import load_spans, render, slowest_traces
+
+    directory = Path(args.dir)
+    traces = load_spans(directory)
+    if not traces:
+        _say(
+            f"no spans in {directory}/; run `servescope up` (it records traces there) and send "
+            "some requests, or point --dir at another span directory"
+        )
+        return 1
+    if args.trace_id:
+        wanted = args.trace_id.lower()
+        matches = [t for t in traces if t.startswith(wanted)]
+        if len(matches) != 1:
+            _say(f"{'no' if not matches else 'several'} traces match {args.trace_id!r}")
+            return 1
+        chosen = matches
+    else:
+        chosen = slowest_traces(traces, args.slowest or 1)
+    _say("\n\n".join(render(trace_id, traces[trace_id]) for trace_id in chosen))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="servescope", description="Observe ONNX model serving, locally or on Kubernetes."
@@ -245,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port-prometheus", type=int, default=9090)
     up.add_argument(
         "--no-prometheus", dest="prometheus", action="store_false", help="do not start Prometheus"
+    )
+    up.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="SERVICE:STEP:SECONDS",
+        help="start with a slow step, e.g. preprocess:resize:0.5 (repeatable)",
     )
     up.add_argument("--rate", type=float, default=2.0, help="traffic per second; 0 for none")
     up.add_argument("--run-dir", default=".run", help="where process logs go")
@@ -271,6 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--bad-fraction", type=float, default=0.1, help="bad share in --mix mixed")
     load.add_argument("--seed", type=int, default=0)
     load.set_defaults(func=cmd_load)
+
+    fault = sub.add_parser("fault", help="slow down one step of a running local service")
+    fault.add_argument("service", choices=sorted(DEFAULT_PORTS))
+    fault.add_argument(
+        "step",
+        help="preprocess: decode, resize, normalise; classifier: inference; postprocess: softmax",
+    )
+    fault.add_argument("seconds", type=float, help="extra delay; 0 turns the fault off")
+    fault.add_argument("--port", type=int, help="the service's port if not the default")
+    fault.add_argument("--token-file", default=".run/admin-token")
+    fault.set_defaults(func=cmd_fault)
+
+    trace = sub.add_parser("trace", help="print a trace waterfall from local mode's spans")
+    trace.add_argument("trace_id", nargs="?", help="a trace id (or a unique prefix of one)")
+    trace.add_argument("--slowest", type=int, help="the N slowest traces instead")
+    trace.add_argument("--dir", default=".run/traces", help="where local mode writes spans")
+    trace.set_defaults(func=cmd_trace)
 
     generate = sub.add_parser(
         "generate", help="regenerate generated files (docs/telemetry.md, ...)"

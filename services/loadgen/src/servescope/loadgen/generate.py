@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from servescope.loadgen.slo import render_repository_rules
 from servescope.telemetry.docs import render_markdown
 from servescope.telemetry.settings import repo_root
 
 # Path relative to the repository root -> function producing its content.
 GENERATORS: dict[str, Callable[[], str]] = {
     "docs/telemetry.md": render_markdown,
+    # SLO rules from the Sloth specs in deploy/prometheus/slos/ (`servescope slo generate`).
+    "deploy/prometheus/rules/slos.generated.yml": render_repository_rules,
 }
 
 

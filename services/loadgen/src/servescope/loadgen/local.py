@@ -131,9 +131,15 @@ PROMETHEUS_INSTALL_HINT = (
 
 
 def prometheus_config(
-    ports: dict[str, int], prometheus_port: int, scrape_interval: str | None = None
+    ports: dict[str, int],
+    prometheus_port: int,
+    scrape_interval: str | None = None,
+    alertmanager_port: int | None = None,
 ) -> dict[str, Any]:
-    """deploy/local/prometheus.yml with the targets moved to the ports actually used."""
+    """deploy/local/prometheus.yml with the targets moved to the ports actually used.
+
+    With `alertmanager_port`, alerts go to the Alertmanager on that port of 127.0.0.1.
+    """
     source = repo_root() / "deploy" / "local" / "prometheus.yml"
     config: dict[str, Any] = yaml.safe_load(source.read_text())
     # Rule files are written relative to deploy/local/; the generated copy lives in .run/.
@@ -144,6 +150,10 @@ def prometheus_config(
         port = prometheus_port if job["job_name"] == "prometheus" else ports[job["job_name"]]
         for static in job["static_configs"]:
             static["targets"] = [f"127.0.0.1:{port}"]
+    if alertmanager_port is not None:
+        for alertmanager in config.get("alerting", {}).get("alertmanagers", []):
+            for static in alertmanager.get("static_configs", []):
+                static["targets"] = [f"127.0.0.1:{alertmanager_port}"]
     if scrape_interval:
         config["global"]["scrape_interval"] = scrape_interval
         config["global"]["evaluation_interval"] = scrape_interval

@@ -18,9 +18,10 @@ from servescope.postprocess.settings import Settings
 from servescope.telemetry.bodies import read_body
 from servescope.telemetry.errors import ServiceError
 from servescope.telemetry.health import Health
-from servescope.telemetry.instrument import instrument_app
+from servescope.telemetry.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
 from servescope.telemetry.metrics import ServiceMetrics
 from servescope.telemetry.responses import JSONResponse
+from servescope.telemetry.tracing import tracer
 
 log = structlog.get_logger()
 
@@ -51,7 +52,12 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
             log.info("model_cards_loaded", models=sorted(cards))
         yield
 
-    app = FastAPI(title="servescope postprocess", version=settings.version, lifespan=lifespan)
+    app = FastAPI(
+        title="servescope postprocess",
+        version=settings.version,
+        lifespan=lifespan,
+        telemetry=FASTAPI_TELEMETRY_OFF,
+    )
     faults = instrument_app(app, metrics, health, settings, fault_steps=("softmax",))
 
     @app.post("/v1/postprocess")
@@ -74,9 +80,17 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         card = cards.get(request.model_name)
         labels = labels_for(len(request.logits), card.labels if card else None)
         temperature = card.temperature if card else 1.0
-        result = score(
-            np.asarray(request.logits), labels, temperature, request.top_k or settings.default_top_k
-        )
+        with tracer().start_as_current_span("softmax_topk") as span:
+            result = score(
+                np.asarray(request.logits),
+                labels,
+                temperature,
+                request.top_k or settings.default_top_k,
+            )
+            span.set_attribute("servescope.model.name", request.model_name)
+            span.set_attribute("servescope.model.version", request.model_version)
+            span.set_attribute("servescope.prediction.class", result["label"])
+            span.set_attribute("servescope.prediction.confidence", result["confidence"])
         confidence.observe(result["confidence"])
         predictions.labels(metrics.class_label(result["label"])).inc()
         result["calibrated"] = card is not None and temperature != 1.0

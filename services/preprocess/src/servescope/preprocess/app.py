@@ -17,7 +17,7 @@ from servescope.preprocess.upload import extract_image
 from servescope.telemetry.bodies import read_body
 from servescope.telemetry.errors import ServiceError
 from servescope.telemetry.health import Health
-from servescope.telemetry.instrument import instrument_app
+from servescope.telemetry.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
 from servescope.telemetry.metrics import ServiceMetrics
 from servescope.telemetry.responses import JSONResponse
 
@@ -40,7 +40,12 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         refresher.cancel()
         await session.close()
 
-    app = FastAPI(title="servescope preprocess", version=settings.version, lifespan=lifespan)
+    app = FastAPI(
+        title="servescope preprocess",
+        version=settings.version,
+        lifespan=lifespan,
+        telemetry=FASTAPI_TELEMETRY_OFF,
+    )
     faults = instrument_app(
         app, metrics, health, settings, fault_steps=("decode", "resize", "normalise")
     )

@@ -17,8 +17,11 @@ from typing import Any
 import aiohttp
 import orjson
 from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from yarl import URL
 
 from servescope.telemetry.errors import ServiceError
+from servescope.telemetry.tracing import tracer
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,17 @@ class Endpoint:
     stage: str  # "classifier" or "postprocess": the name used in error bodies and metrics
     base_url: str
     timeout: aiohttp.ClientTimeout
+
+    def url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + path
+
+    @property
+    def host(self) -> str:
+        return URL(self.base_url).host or ""
+
+    @property
+    def port(self) -> int:
+        return URL(self.base_url).port or 80
 
 
 def _json_dumps(obj: Any) -> str:
@@ -61,27 +75,46 @@ async def call(
     payload: Any = None,
     record: Recorder | None = None,
 ) -> Any:
-    """One JSON call with the endpoint's timeout; returns the decoded JSON answer."""
+    """One JSON call with the endpoint's timeout; returns the decoded JSON answer.
+
+    Made inside a CLIENT span, whose context the request carries as `traceparent`.
+    """
     started = time.perf_counter()
-    try:
-        answer = await _call(session, endpoint, method, path, payload)
-    except ServiceError as exc:
+    url = endpoint.url(path)
+    with tracer().start_as_current_span(
+        method,
+        kind=SpanKind.CLIENT,
+        attributes={
+            "http.request.method": method,
+            "url.full": url,
+            "server.address": endpoint.host,
+            "server.port": endpoint.port,
+            "peer.service": endpoint.stage,
+        },
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            answer = await _call(session, endpoint, method, url, payload)
+        except ServiceError as exc:
+            outcome = exc.kind.removeprefix(f"{endpoint.stage}_")
+            if record is not None:
+                record(outcome, time.perf_counter() - started)
+            span.set_attribute("error.type", exc.kind)
+            span.set_status(Status(StatusCode.ERROR, exc.message))
+            raise
         if record is not None:
-            record(exc.kind.removeprefix(f"{endpoint.stage}_"), time.perf_counter() - started)
-        raise
-    if record is not None:
-        record("ok", time.perf_counter() - started)
-    return answer
+            record("ok", time.perf_counter() - started)
+        return answer
 
 
 async def _call(
     session: aiohttp.ClientSession,
     endpoint: Endpoint,
     method: str,
-    path: str,
+    url: str,
     payload: Any,
 ) -> Any:
-    url = endpoint.base_url.rstrip("/") + path
     headers: dict[str, str] = {}
     propagate.inject(headers)  # W3C traceparent: the downstream joins the caller's trace
     # The calls are pure functions of their input, so one retry on a pooled connection the

@@ -19,6 +19,7 @@ from servescope.preprocess.settings import Settings
 from servescope.telemetry.errors import ServiceError
 from servescope.telemetry.faults import Faults
 from servescope.telemetry.metrics import ServiceMetrics, current_exemplar
+from servescope.telemetry.tracing import tracer
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "end_to_end")
 
@@ -138,18 +139,35 @@ class Pipeline:
             raise ServiceError(
                 503, "classifier_unavailable", "model metadata not yet known", "classifier"
             )
+        structlog.contextvars.bind_contextvars(model_name=model.name, model_version=model.version)
         mark = time.perf_counter()
+        steps = tracer()
         try:
-            await self.faults.inject("decode")
-            image = decode_image(image_bytes, self.limits)
+            with steps.start_as_current_span("decode") as span:
+                span.set_attribute("servescope.input.bytes", len(image_bytes))
+                await self.faults.inject("decode")
+                try:
+                    image = decode_image(image_bytes, self.limits)
+                except ServiceError as exc:
+                    span.set_attribute("error.type", exc.kind)
+                    raise
+                span.set_attribute("servescope.image.format", image.format or "")
+                span.set_attribute("servescope.image.width", image.width)
+                span.set_attribute("servescope.image.height", image.height)
         finally:
             now = time.perf_counter()
             self._observe("decode", now - mark)
             mark = now
-        await self.faults.inject("resize")
-        resized = resize(image, model.spec)
-        await self.faults.inject("normalise")
-        tensor = normalise(resized, model.spec)
+        with steps.start_as_current_span("resize") as span:
+            await self.faults.inject("resize")
+            resized = resize(image, model.spec)
+            span.set_attribute("servescope.image.width", resized.width)
+            span.set_attribute("servescope.image.height", resized.height)
+        with steps.start_as_current_span("normalise") as span:
+            await self.faults.inject("normalise")
+            tensor = normalise(resized, model.spec)
+            span.set_attribute("servescope.model.name", model.name)
+            span.set_attribute("servescope.model.version", model.version)
         now = time.perf_counter()
         self._observe("preprocess", now - mark)
         mark = now

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -68,9 +69,16 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics | None = None) 
         if rejected is not None and reasons is not None and status in _REJECTION_STATUSES:
             rejected.labels(kind if reasons.allows(kind) else "invalid_request").inc()
 
+    log = structlog.get_logger("servescope.errors")
+
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> Response:
         count(exc.status, exc.kind)
+        # Our own messages only: they name limits and stages, never the payload.
+        if exc.status >= 500:
+            log.error("request_failed", kind=exc.kind, stage=exc.stage, error=exc.message)
+        else:
+            log.warning("request_rejected", kind=exc.kind, stage=exc.stage, error=exc.message)
         return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
@@ -94,9 +102,7 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics | None = None) 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
         # Never leak internals (paths, payloads) to clients; the log has the traceback.
-        import structlog
-
-        structlog.get_logger().exception("unhandled_error", error_type=type(exc).__name__)
+        log.exception("unhandled_error", kind="internal", error_type=type(exc).__name__)
         return JSONResponse(
             {"error": "internal error; see the service log", "kind": "internal"},
             status_code=500,

@@ -8,16 +8,66 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import orjson
 import structlog
+from opentelemetry import trace
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+_LEVELS = {"exception": "error", "warn": "warning", "critical": "critical", "fatal": "critical"}
+_TRACE_ID_LIMIT = (1 << 64) - 1
+
+
+class LogSampler:
+    """Adds trace and span ids to every line inside a trace, and samples at the source.
+
+    WARNING and above are always kept. INFO and DEBUG lines inside a trace are kept for a
+    share of traces chosen from the trace id with the same rule as OpenTelemetry's ratio
+    sampler, so every service makes the same choice for a trace and, at equal ratios, the
+    traces kept are the traces sampled. Lines outside any trace (startup) are kept.
+    """
+
+    def __init__(self, info_ratio: float) -> None:
+        self.bound = TraceIdRatioBased.get_bound_for_rate(info_ratio)
+        self.counter: Any = None  # servescope_log_lines_total, bound by bind_metrics
+
+    def __call__(
+        self, _: object, method_name: str, event_dict: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        level = _LEVELS.get(method_name, method_name)
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            if level in ("debug", "info") and (context.trace_id & _TRACE_ID_LIMIT) >= self.bound:
+                if self.counter is not None:
+                    self.counter.labels(level, "dropped").inc()
+                raise structlog.DropEvent
+            event_dict["trace_id"] = format(context.trace_id, "032x")
+            event_dict["span_id"] = format(context.span_id, "016x")
+        if self.counter is not None and level in ("debug", "info", "warning", "error", "critical"):
+            self.counter.labels(level, "kept").inc()
+        return event_dict
+
+
+def bind_log_metrics(metrics: Any) -> None:
+    """Count kept and dropped lines in this service's servescope_log_lines_total."""
+    counter = metrics.counter("servescope_log_lines_total")
+    for processor in structlog.get_config()["processors"]:
+        if isinstance(processor, LogSampler):
+            processor.counter = counter
 
 
 def _dumps(obj: object, default: object = None) -> str:
     return orjson.dumps(obj, default=default).decode()  # type: ignore[arg-type]
 
 
-def configure_logging(service: str, version: str, level: str = "info", fmt: str = "json") -> None:
+def configure_logging(
+    service: str,
+    version: str,
+    level: str = "info",
+    fmt: str = "json",
+    info_sample_ratio: float = 1.0,
+) -> None:
     renderer: structlog.typing.Processor
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=False)
@@ -32,6 +82,8 @@ def configure_logging(service: str, version: str, level: str = "info", fmt: str 
         return event_dict
 
     shared: list[structlog.typing.Processor] = [
+        # First, so a line that will be dropped costs as little as possible.
+        LogSampler(info_sample_ratio),
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),

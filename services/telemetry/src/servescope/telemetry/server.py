@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from servescope.telemetry.health import Health
 from servescope.telemetry.logging import configure_logging
 from servescope.telemetry.settings import CommonSettings
+from servescope.telemetry.tracing import configure_tracing
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 
@@ -141,6 +142,12 @@ def run_service(
         settings.version,
         settings.log_level,
         settings.log_format,
+        settings.log_info_sample_ratio if settings.telemetry_enabled else 0.0,
     )
+    provider = configure_tracing(settings)
     health = Health(settings.service_name, settings.version)
-    serve(create_app(settings, health), settings, health)
+    try:
+        serve(create_app(settings, health), settings, health)
+    finally:
+        if provider is not None:
+            provider.shutdown()  # flush the spans still queued for export

@@ -59,5 +59,29 @@ class CommonSettings(BaseSettings):
     fault_delay_seconds: float = Field(
         0.0, ge=0, le=30, description="Extra delay in fault_stage; 0 = no fault."
     )
+    telemetry_enabled: bool = Field(
+        True,
+        description="Off turns off tracing, HTTP metrics and per-request logs at once: the "
+        "'bare' configuration benchmarks compare against.",
+    )
+    trace_sample_ratio: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Head sampling ratio for traces started here (parent-based: a sampled "
+        "caller's decision wins). Local mode sets 1.0.",
+    )
+    trace_file: Path | None = Field(
+        None,
+        description="Without an OTLP endpoint, write spans as JSON lines here (local mode: "
+        ".run/traces/<service>.jsonl, read by `servescope trace`).",
+    )
+    log_info_sample_ratio: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of traces whose INFO and DEBUG lines are kept, decided from the "
+        "trace id so all services agree; WARNING and ERROR are always kept.",
+    )
     service_name: str = Field("service", description="Name in logs, health and telemetry.")
     version: str = Field("0.1.0", description="Service version reported in health and logs.")

@@ -1,0 +1,119 @@
+"""OpenTelemetry tracing, configured from the standard OTEL_* variables plus our settings.
+
+The server span is made by our own ASGI middleware (middleware.py), the client spans by
+the downstream client, and the steps that matter by the services: the same spans the
+FastAPI and HTTP-client instrumentations would make, with stable semantic-convention
+attributes, at a fraction of their per-request cost (see docs/benchmarks.md).
+
+Export: OTLP (http/protobuf or grpc, per OTEL_EXPORTER_OTLP_PROTOCOL) when
+OTEL_EXPORTER_OTLP_ENDPOINT is set; otherwise, in local mode, JSON lines in a file that
+`servescope trace` reads. Sampling is parent-based with a configurable ratio, so one
+decision, taken at the edge, holds across all three services.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from servescope.telemetry.settings import CommonSettings
+
+TRACER_NAME = "servescope"
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Spans as JSON lines in a file: local mode's trace store, read by `servescope trace`."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = []
+        for span in spans:
+            context = span.get_span_context()
+            if context is None:
+                continue
+            lines.append(
+                json.dumps(
+                    {
+                        "trace_id": format(context.trace_id, "032x"),
+                        "span_id": format(context.span_id, "016x"),
+                        "parent_span_id": format(span.parent.span_id, "016x")
+                        if span.parent
+                        else None,
+                        "name": span.name,
+                        "service": span.resource.attributes.get("service.name"),
+                        "kind": span.kind.name,
+                        "start_ns": span.start_time,
+                        "end_ns": span.end_time,
+                        "status": span.status.status_code.name,
+                        "attributes": dict(span.attributes or {}),
+                    },
+                    default=str,
+                )
+            )
+        with self._lock:
+            self._file.write("".join(line + "\n" for line in lines))
+            self._file.flush()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def _otlp_exporter() -> SpanExporter:
+    protocol = os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
+    )
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HTTPSpanExporter,
+    )
+
+    return HTTPSpanExporter()
+
+
+def configure_tracing(settings: CommonSettings) -> TracerProvider | None:
+    """Install the SDK tracer provider for this process; None when telemetry is off."""
+    if not settings.telemetry_enabled or os.environ.get("OTEL_SDK_DISABLED") == "true":
+        return None
+    attributes = {
+        "service.name": settings.service_name,
+        "service.version": settings.version,
+        "service.namespace": "servescope",
+    }
+    # On Kubernetes the chart passes these through the downward API.
+    for variable, key in (("POD_NAME", "k8s.pod.name"), ("POD_NAMESPACE", "k8s.namespace.name")):
+        if os.environ.get(variable):
+            attributes[key] = os.environ[variable]
+    provider = TracerProvider(
+        resource=Resource.create(attributes),
+        sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)),
+    )
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
+    elif settings.trace_file is not None:
+        provider.add_span_processor(BatchSpanProcessor(JsonLinesSpanExporter(settings.trace_file)))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
