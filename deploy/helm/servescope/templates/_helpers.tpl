@@ -22,13 +22,19 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Labels on every object (the Kubernetes recommended set plus helm.sh/chart). */}}
-{{- define "servescope.labels" -}}
+{{/* Labels every object carries (the Kubernetes recommended set plus helm.sh/chart). */}}
+{{- define "servescope.commonLabels" -}}
 helm.sh/chart: {{ include "servescope.chart" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: {{ include "servescope.name" . }}
+{{- end -}}
+
+{{/* Labels of objects that belong to the release as a whole (ServiceMonitor, rules, ...). */}}
+{{- define "servescope.labels" -}}
+{{ include "servescope.commonLabels" . }}
+app.kubernetes.io/name: {{ include "servescope.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/* The name of component (list $ "preprocess"): Deployment, Service and friends. */}}
@@ -45,7 +51,7 @@ app.kubernetes.io/instance: {{ (index . 0).Release.Name }}
 
 {{/* All labels of a component (list $ name). */}}
 {{- define "servescope.componentLabels" -}}
-{{ include "servescope.labels" (index . 0) }}
+{{ include "servescope.commonLabels" (index . 0) }}
 {{ include "servescope.selectorLabels" . }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}

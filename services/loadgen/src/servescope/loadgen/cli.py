@@ -22,6 +22,7 @@ from servescope.loadgen.local import (
     ServiceProcess,
     prometheus_config,
 )
+from servescope.loadgen.stack import add_stack_parser
 from servescope.loadgen.traffic import MIXES, LoadConfig, LoadResult, run_load
 
 
@@ -364,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--bad-fraction", type=float, default=0.1, help="bad share in --mix mixed")
     load.add_argument("--seed", type=int, default=0)
     load.set_defaults(func=cmd_load)
+    add_stack_parser(sub)
 
     fault = sub.add_parser("fault", help="slow down one step of a running local service")
     fault.add_argument("service", choices=sorted(DEFAULT_PORTS))

@@ -498,6 +498,23 @@ def _render_window(query: str, window: str) -> str:
     return _WINDOW_TEMPLATE.sub(window, query).strip()
 
 
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def _error_events(error_query: str, total_query: str, window: str) -> str:
+    """The numerator, zero (not missing) whenever the denominator has events.
+
+    An error query finds nothing while no request has failed yet; a missing numerator would
+    leave the ratio undefined and, worse, the 30-day averages of numerator and denominator
+    taken over different samples.
+    """
+    return (
+        f"(\n{_indent(_render_window(error_query, window))}\n)\n"
+        f"or\n0 * (\n{_indent(_render_window(total_query, window))}\n)\n"
+    )
+
+
 def sli_rules(slo: SLO) -> list[dict[str, Any]]:
     ids = slo.id_labels()
     flt = _filter(ids)
@@ -511,7 +528,7 @@ def sli_rules(slo: SLO) -> list[dict[str, Any]]:
             rules += [
                 {
                     "record": f"slo:sli_error_events:rate{window}",
-                    "expr": _render_window(slo.error_query, window) + "\n",
+                    "expr": _error_events(slo.error_query, slo.total_query, window),
                     "labels": labels(window),
                 },
                 {

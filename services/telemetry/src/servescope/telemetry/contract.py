@@ -46,6 +46,15 @@ class MetricSpec:
 
 
 @dataclass(frozen=True)
+class SpanSpec:
+    name: str
+    kind: str
+    services: tuple[str, ...]
+    attributes: tuple[str, ...]
+    meaning: str
+
+
+@dataclass(frozen=True)
 class Contract:
     metrics: tuple[MetricSpec, ...]
     routes: dict[str, tuple[str, ...]]
@@ -53,6 +62,8 @@ class Contract:
     unmatched_route: str
     max_class_labels: int
     bucket_sets: dict[str, tuple[float, ...]]
+    spans: tuple[SpanSpec, ...] = ()
+    log_fields: dict[str, str] | None = None
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -114,6 +125,17 @@ def _parse(raw: dict[str, Any]) -> Contract:
         unmatched_route=raw["unmatched_route"],
         max_class_labels=int(raw["max_class_labels"]),
         bucket_sets=buckets,
+        spans=tuple(
+            SpanSpec(
+                name=str(item["name"]),
+                kind=str(item["kind"]),
+                services=tuple(item["services"]),
+                attributes=tuple(item["attributes"]),
+                meaning=" ".join(str(item["meaning"]).split()),
+            )
+            for item in raw.get("spans", [])
+        ),
+        log_fields={str(k): " ".join(str(v).split()) for k, v in raw.get("log_fields", {}).items()},
     )
 
 

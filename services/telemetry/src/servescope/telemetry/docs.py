@@ -64,6 +64,37 @@ def render_markdown(contract: Contract | None = None) -> str:
         out.append(f"- **{service}**: " + ", ".join(f"`{r}`" for r in routes))
     out += [
         "",
+        "## Spans",
+        "",
+        "Server spans continue the caller's W3C `traceparent`; sampling is parent-based with",
+        "`SERVESCOPE_TRACE_SAMPLE_RATIO` at the edge. Resource attributes: `service.name`,",
+        "`service.version`, `service.namespace`, and on Kubernetes `k8s.pod.name` and",
+        "`k8s.namespace.name`.",
+        "",
+        "| name | kind | services | attributes | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for span in contract.spans:
+        attributes = ", ".join(f"`{a}`" for a in span.attributes)
+        out.append(
+            f"| `{span.name}` | {span.kind} | {', '.join(span.services)} | {attributes} | "
+            f"{span.meaning} |"
+        )
+    out += [
+        "",
+        "## Log fields",
+        "",
+        "JSON lines on stdout. WARNING and ERROR lines are always kept; INFO and DEBUG lines",
+        "inside a request are kept for `SERVESCOPE_LOG_INFO_SAMPLE_RATIO` of traces (default",
+        "10%), chosen from the trace id so every service keeps the same traces' lines.",
+        "",
+        "| field | meaning |",
+        "|---|---|",
+    ]
+    for name, meaning in (contract.log_fields or {}).items():
+        out.append(f"| `{name}` | {meaning} |")
+    out += [
+        "",
         "## Runtime metrics",
         "",
         "From prometheus_client's process, platform and GC collectors, on every service:",
