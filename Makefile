@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up test lint fmt generate pin model clean
+.PHONY: help bootstrap up test bench lint fmt generate pin model clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,6 +16,10 @@ up: bootstrap ## run the three services locally with gentle traffic (Ctrl-C stop
 
 test: bootstrap ## run the whole test suite
 	@$(UV) run pytest $(PYTEST_ARGS)
+
+bench: bootstrap ## measure telemetry's cost side by side (needs wrk); writes docs/benchmarks.md
+	@command -v wrk >/dev/null || { echo "bench needs wrk: sudo apt-get install wrk"; exit 1; }
+	@$(UV) run servescope bench
 
 lint: bootstrap ## ruff (lint and format check) and mypy
 	@$(UV) run ruff check .

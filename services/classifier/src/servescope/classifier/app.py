@@ -24,7 +24,7 @@ from servescope.telemetry.health import Health
 from servescope.telemetry.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
 from servescope.telemetry.metrics import ServiceMetrics, current_exemplar
 from servescope.telemetry.responses import JSONResponse
-from servescope.telemetry.tracing import tracer
+from servescope.telemetry.tracing import step_span
 
 log = structlog.get_logger()
 
@@ -165,7 +165,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         feeds = oip.decode_inputs(payload, model, settings.max_batch_size)
         names = oip.requested_outputs(payload, model)
         first = next(iter(feeds.values()))
-        with tracer().start_as_current_span("inference") as span:
+        with step_span("inference") as span:
             span.set_attribute("servescope.model.name", model.name)
             span.set_attribute("servescope.model.version", model.version)
             span.set_attribute(

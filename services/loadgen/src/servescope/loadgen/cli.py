@@ -295,6 +295,20 @@ def cmd_fault(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from servescope.loadgen.bench import run_bench
+
+    try:
+        report = run_bench(rounds=args.rounds, seconds=args.seconds)
+    except RuntimeError as exc:
+        _say(f"error: {exc}")
+        return 1
+    for key, value in report["ratios"].items():
+        _say(f"{key}: {value:.2f}")
+    _say("written: docs/benchmarks.md, docs/benchmarks.json")
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from servescope.loadgen.traces import load_spans, render, slowest_traces
 
@@ -377,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--port", type=int, help="the service's port if not the default")
     fault.add_argument("--token-file", default=".run/admin-token")
     fault.set_defaults(func=cmd_fault)
+
+    bench = sub.add_parser("bench", help="measure what telemetry costs (writes docs/benchmarks.md)")
+    bench.add_argument("--rounds", type=int, default=3)
+    bench.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    bench.set_defaults(func=cmd_bench)
 
     trace = sub.add_parser("trace", help="print a trace waterfall from local mode's spans")
     trace.add_argument("trace_id", nargs="?", help="a trace id (or a unique prefix of one)")

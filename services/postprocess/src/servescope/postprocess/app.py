@@ -21,7 +21,7 @@ from servescope.telemetry.health import Health
 from servescope.telemetry.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
 from servescope.telemetry.metrics import ServiceMetrics
 from servescope.telemetry.responses import JSONResponse
-from servescope.telemetry.tracing import tracer
+from servescope.telemetry.tracing import step_span
 
 log = structlog.get_logger()
 
@@ -80,7 +80,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         card = cards.get(request.model_name)
         labels = labels_for(len(request.logits), card.labels if card else None)
         temperature = card.temperature if card else 1.0
-        with tracer().start_as_current_span("softmax_topk") as span:
+        with step_span("softmax_topk") as span:
             result = score(
                 np.asarray(request.logits),
                 labels,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from yarl import URL
 
@@ -81,19 +82,26 @@ async def call(
     """
     started = time.perf_counter()
     url = endpoint.url(path)
-    with tracer().start_as_current_span(
-        method,
-        kind=SpanKind.CLIENT,
-        attributes={
-            "http.request.method": method,
-            "url.full": url,
-            "server.address": endpoint.host,
-            "server.port": endpoint.port,
-            "peer.service": endpoint.stage,
-        },
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
+    current = trace.get_current_span()
+    # Unsampled traces skip the client span and propagate the server span's context as is.
+    scope: AbstractContextManager[trace.Span] = (
+        tracer().start_as_current_span(
+            method,
+            kind=SpanKind.CLIENT,
+            attributes={
+                "http.request.method": method,
+                "url.full": url,
+                "server.address": endpoint.host,
+                "server.port": endpoint.port,
+                "peer.service": endpoint.stage,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        if current.is_recording()
+        else nullcontext(current)
+    )
+    with scope as span:
         try:
             answer = await _call(session, endpoint, method, url, payload)
         except ServiceError as exc:

@@ -19,7 +19,7 @@ from servescope.preprocess.settings import Settings
 from servescope.telemetry.errors import ServiceError
 from servescope.telemetry.faults import Faults
 from servescope.telemetry.metrics import ServiceMetrics, current_exemplar
-from servescope.telemetry.tracing import tracer
+from servescope.telemetry.tracing import step_span
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "end_to_end")
 
@@ -141,9 +141,8 @@ class Pipeline:
             )
         structlog.contextvars.bind_contextvars(model_name=model.name, model_version=model.version)
         mark = time.perf_counter()
-        steps = tracer()
         try:
-            with steps.start_as_current_span("decode") as span:
+            with step_span("decode") as span:
                 span.set_attribute("servescope.input.bytes", len(image_bytes))
                 await self.faults.inject("decode")
                 try:
@@ -158,12 +157,12 @@ class Pipeline:
             now = time.perf_counter()
             self._observe("decode", now - mark)
             mark = now
-        with steps.start_as_current_span("resize") as span:
+        with step_span("resize") as span:
             await self.faults.inject("resize")
             resized = resize(image, model.spec)
             span.set_attribute("servescope.image.width", resized.width)
             span.set_attribute("servescope.image.height", resized.height)
-        with steps.start_as_current_span("normalise") as span:
+        with step_span("normalise") as span:
             await self.faults.inject("normalise")
             tensor = normalise(resized, model.spec)
             span.set_attribute("servescope.model.name", model.name)

@@ -28,9 +28,12 @@ from servescope.telemetry.contract import Contract, MetricSpec, load_contract
 
 
 def current_exemplar() -> dict[str, str] | None:
-    """Trace and span id of the active span, for exemplars; None outside a valid trace."""
+    """Trace and span id of the active span, for exemplars; None unless the trace is sampled.
+
+    An exemplar must lead to a trace the backend has, so unsampled traces give none.
+    """
     context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
+    if not context.trace_flags.sampled:
         return None
     return {
         "trace_id": format(context.trace_id, "032x"),

@@ -139,7 +139,7 @@ class HTTPTelemetryMiddleware:
     ) -> None:
         context = span.get_span_context()
         child = self._child(self.duration, template, method, str(status))
-        if context.is_valid:
+        if context.trace_flags.sampled:
             child.observe(
                 elapsed,
                 {

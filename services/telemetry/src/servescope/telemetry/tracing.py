@@ -13,10 +13,12 @@ decision, taken at the edge, holds across all three services.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from opentelemetry import trace
@@ -115,5 +117,26 @@ def configure_tracing(settings: CommonSettings) -> TracerProvider | None:
     return provider
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
+    """The one tracer of this process, made once: get_tracer costs ~10 us per call.
+
+    Safe to take before configure_tracing: until a provider is set it is a proxy that
+    starts forwarding to the real provider once there is one.
+    """
     return trace.get_tracer(TRACER_NAME)
+
+
+def step_span(
+    name: str, kind: trace.SpanKind = trace.SpanKind.INTERNAL
+) -> AbstractContextManager[trace.Span]:
+    """A child span when the current trace is sampled; otherwise the current span itself.
+
+    The lean path for unsampled requests: they keep their trace id (for logs, propagation
+    and the sampling decision downstream) without paying ~6 us for each span nobody will
+    see. Attribute calls on the returned span are no-ops when it is not recording.
+    """
+    current = trace.get_current_span()
+    if not current.is_recording():
+        return nullcontext(current)
+    return tracer().start_as_current_span(name, kind=kind)
