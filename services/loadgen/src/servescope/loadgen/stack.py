@@ -32,7 +32,7 @@ GENERATED_DIR = Path(".run/stack")
 DEFAULT_TIMEOUT = "15m"
 INSTALL_HINT = "install Helm 3.14 or newer (https://helm.sh/docs/intro/install/)"
 CLUSTER_HINT = (
-    "start one with `minikube start --cpus 4 --memory 8g` (deploy/README-minikube.md) "
+    "start one with `minikube start --cpus 4 --memory 8g` (README.md, 'Run on Minikube') "
     "or choose a context with --kube-context"
 )
 
