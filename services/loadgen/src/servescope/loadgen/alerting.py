@@ -97,6 +97,7 @@ class AlertmanagerProcess:
     config: dict[str, Any]
     binary: str | None = None
     process: subprocess.Popen[bytes] | None = None
+    name: str = "alertmanager"
 
     @property
     def url(self) -> str:
@@ -165,6 +166,7 @@ class ResponderProcess:
     window: str = "5m"
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    name: str = "responder"
 
     @property
     def url(self) -> str:

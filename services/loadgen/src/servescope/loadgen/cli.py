@@ -16,6 +16,7 @@ import orjson
 
 from servescope.loadgen.local import (
     DEFAULT_PORTS,
+    PROMETHEUS_INSTALL_HINT,
     LocalStack,
     LocalStackError,
     PrometheusProcess,
@@ -119,18 +120,31 @@ def cmd_up(args: argparse.Namespace) -> int:
             stdin=subprocess.DEVNULL,
         )
         log.close()
-    _say("")
-    _say(f"  predict    {stack.url}/v1/predict     (POST an image/png or image/jpeg)")
-    _say(f"  classifier {stack.services['classifier'].url}/v2/models/digits-cnn   (OIP v2)")
-    _say(f"  postprocess {stack.services['postprocess'].url}/v1/postprocess")
-    for name, service in stack.services.items():
-        _say(f"  {name:11} health {service.url}/healthz  ready {service.url}/readyz")
+    rows = [
+        ("predict", f"POST {stack.url}/v1/predict  (image/png, image/jpeg or a form upload)"),
+        ("classifier", f"{stack.services['classifier'].url}/v2/models/digits-cnn  (OIP v2)"),
+        ("postprocess", f"{stack.services['postprocess'].url}/v1/postprocess"),
+        ("metrics", ", ".join(f"{s.url}/metrics" for s in stack.services.values())),
+    ]
+    if prometheus:
+        rows.append(("prometheus", f"{prometheus.url}  (scrapes every 5 s, exemplars on)"))
+    elif args.prometheus:
+        rows.append(("prometheus", f"not started. {PROMETHEUS_INSTALL_HINT}"))
+    rows.append(("traces", f"{run_dir}/traces/  (servescope trace --slowest 3)"))
+    rows.append(("logs", f"{run_dir}/<service>.log  (JSON lines; grep a trace id)"))
     if loadgen:
-        _say(
-            f"  traffic    {args.rate}/s normal digits with 10% bad inputs (log {args.run_dir}/loadgen.log)"
+        rows.append(
+            ("traffic", f"{args.rate:g}/s digits with 10% bad inputs ({run_dir}/loadgen.log)")
         )
     _say("")
-    _say(f"try:  servescope predict services/classifier/model/heldout/0000_7.png --url {stack.url}")
+    for label, value in rows:
+        _say(f"  {label:<12}{value}")
+    _say("")
+    _say(
+        "try:  servescope predict services/classifier/model/heldout/0000_7.png"
+        + ("" if stack.url.endswith(":8000") else f" --url {stack.url}")
+    )
+    _say("      servescope fault preprocess resize 0.5   (then: servescope trace --slowest 1)")
     _say("Ctrl-C stops everything.")
 
     stopping = False

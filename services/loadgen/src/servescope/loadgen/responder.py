@@ -836,8 +836,9 @@ class Responder:
             note["resolved_at"] = _iso(_timestamp(alert.get("endsAt")) or time.time())
         else:
             note["resolved_at"] = None
-        _write_atomic(json_path, orjson.dumps(note, option=orjson.OPT_INDENT_2) + b"\n")
+        # Markdown first: whoever polls the JSON finds the markdown already up to date.
         _write_atomic(self.note_path(ident, "md"), render_markdown(note).encode())
+        _write_atomic(json_path, orjson.dumps(note, option=orjson.OPT_INDENT_2) + b"\n")
         log.info(
             "incident_note_written",
             incident=ident,

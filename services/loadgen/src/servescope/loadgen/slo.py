@@ -717,10 +717,11 @@ def render(slos: Sequence[SLO], sources: Sequence[str]) -> str:
         "# edit the specs and run `make generate` (a test fails when this file drifts from them).",
         "#",
         "# Sloth prometheus/v1 record names, plus the numerator and denominator of every event",
-        "# SLI (slo:sli_error_events:rate*, slo:sli_total_events:rate*); the 30d SLI is errors",
-        "# over events, not an average of 5m ratios. Alerts: page when 5m and 1h burn faster than",
-        "# 14.4x the error budget or 30m and 6h faster than 6x; ticket when 2h and 1d burn faster",
-        "# than 3x or 6h and 3d faster than 1x (SRE workbook, chapter 5).",
+        "# SLI (slo:sli_error_events:rate*, slo:sli_total_events:rate*; the numerator is 0, not",
+        "# missing, whenever there are events); the 30d SLI is errors over events, not an average",
+        "# of 5m ratios. Alerts: page when 5m and 1h burn faster than 14.4x the error budget or",
+        "# 30m and 6h faster than 6x; ticket when 2h and 1d burn faster than 3x or 6h and 3d",
+        "# faster than 1x (SRE workbook, chapter 5).",
     ]
     body = yaml.dump(
         {"groups": rule_groups(slos)},
