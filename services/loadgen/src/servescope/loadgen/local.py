@@ -62,6 +62,22 @@ def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
         return 0, b""
 
 
+def stop_process(
+    process: subprocess.Popen[bytes] | None, timeout: float = 15.0, sig: int = signal.SIGTERM
+) -> int | None:
+    """Signal a process we started, by its PID, and wait; SIGKILL if it overstays `timeout`."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 @dataclass
 class ServiceProcess:
     name: str
@@ -111,17 +127,7 @@ class ServiceProcess:
             self.process.send_signal(sig)
 
     def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int | None:
-        """Signal the process by its PID and wait; SIGKILL if it overstays `timeout`."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout, sig)
 
 
 PROMETHEUS_INSTALL_HINT = (
@@ -242,16 +248,7 @@ class PrometheusProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
 
 @dataclass
