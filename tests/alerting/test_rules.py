@@ -91,7 +91,7 @@ def test_firing_unit_tests_check_labels_and_the_runbook_url() -> None:
 
 
 def test_alerts_with_a_for_are_checked_before_it_has_passed() -> None:
-    """"Fires after its `for`": a silent check earlier in the same test as a firing one."""
+    """ "Fires after its `for`": a silent check earlier in the same test as a firing one."""
     durations = {rule["alert"]: rule.get("for", "0s") for _, rule in alerts()}
     pending_checked = set()
     for path in UNIT_TESTS:
@@ -104,10 +104,9 @@ def test_alerts_with_a_for_are_checked_before_it_has_passed() -> None:
                 if any(
                     other["alertname"] == case["alertname"]
                     and not other.get("exp_alerts")
-                    and 0 < fires - _minutes(other["eval_time"]) <= _minutes(
-                        durations[case["alertname"]]
-                    )
-                    + 2
+                    and 0
+                    < fires - _minutes(other["eval_time"])
+                    <= _minutes(durations[case["alertname"]]) + 2
                     for other in cases
                 ):
                     pending_checked.add(case["alertname"])
@@ -163,9 +162,9 @@ def test_every_recording_rule_outside_the_slo_rules_is_used_by_a_rule() -> None:
 def test_the_expression_check_catches_undeclared_series_and_buckets() -> None:
     contract = load_contract()
     assert check_expression("rate(made_up_metric_total[5m])", contract)
-    assert check_expression(
-        'servescope_stage_duration_seconds_bucket{le="0.4"}', contract
-    ), "0.4 is not a bucket"
+    assert check_expression('servescope_stage_duration_seconds_bucket{le="0.4"}', contract), (
+        "0.4 is not a bucket"
+    )
     assert not check_expression(
         'servescope_stage_duration_seconds_bucket{le="0.5", stage="end_to_end"}', contract
     )
