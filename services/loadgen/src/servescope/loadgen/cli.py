@@ -14,6 +14,13 @@ from pathlib import Path
 
 import orjson
 
+from servescope.loadgen.alerting import (
+    DEFAULT_ALERTMANAGER_PORT,
+    DEFAULT_RESPONDER_PORT,
+    AlertmanagerProcess,
+    LocalAlerting,
+    ResponderProcess,
+)
 from servescope.loadgen.local import (
     DEFAULT_PORTS,
     PROMETHEUS_INSTALL_HINT,
@@ -23,6 +30,8 @@ from servescope.loadgen.local import (
     ServiceProcess,
     prometheus_config,
 )
+from servescope.loadgen.responder import add_responder_parser
+from servescope.loadgen.slo import add_slo_parser
 from servescope.loadgen.stack import add_stack_parser
 from servescope.loadgen.traffic import MIXES, LoadConfig, LoadResult, run_load
 
@@ -88,15 +97,37 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     _say(f"all three services ready in {time.monotonic() - started:.1f} s")
     prometheus: PrometheusProcess | None = None
+    alerting: LocalAlerting | None = None
     if args.prometheus and PrometheusProcess.available():
-        prometheus = PrometheusProcess(
-            args.port_prometheus, run_dir, prometheus_config(ports, args.port_prometheus)
+        if args.alertmanager:
+            # Alertmanager and its responder first, so Prometheus finds them ready.
+            alerting = LocalAlerting(
+                run_dir,
+                prometheus_url=f"http://127.0.0.1:{args.port_prometheus}",
+                alertmanager_port=args.port_alertmanager,
+                responder_port=args.port_responder,
+            )
+            try:
+                alerting.start()
+            except LocalStackError as exc:
+                _say(f"warning: {exc}; continuing without Alertmanager")
+                alerting = None
+        config = prometheus_config(
+            ports,
+            args.port_prometheus,
+            alertmanager_port=alerting.alertmanager_port if alerting else None,
         )
+        if alerting is None:
+            config.pop("alerting", None)
+        prometheus = PrometheusProcess(args.port_prometheus, run_dir, config)
         try:
             prometheus.start()
         except LocalStackError as exc:
             _say(f"warning: {exc}; continuing without Prometheus")
             prometheus = None
+            if alerting:
+                alerting.stop()
+                alerting = None
     loadgen: subprocess.Popen[bytes] | None = None
     if args.rate > 0:
         log = (Path(args.run_dir) / "loadgen.log").open("ab")
@@ -130,6 +161,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         rows.append(("prometheus", f"{prometheus.url}  (scrapes every 5 s, exemplars on)"))
     elif args.prometheus:
         rows.append(("prometheus", f"not started. {PROMETHEUS_INSTALL_HINT}"))
+    if alerting and alerting.alertmanager and alerting.responder:
+        rows.append(
+            (
+                "alerts",
+                f"{alerting.alertmanager.url}  (Alertmanager; incident notes in "
+                f"{alerting.responder.incidents_path}/)",
+            )
+        )
     rows.append(("traces", f"{run_dir}/traces/  (servescope trace --slowest 3)"))
     rows.append(("logs", f"{run_dir}/<service>.log  (JSON lines; grep a trace id)"))
     if loadgen:
@@ -158,9 +197,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     exit_code = 0
     while not stopping:
         time.sleep(0.2)
-        dead: list[ServiceProcess | PrometheusProcess] = [
+        dead: list[ServiceProcess | PrometheusProcess | AlertmanagerProcess | ResponderProcess] = [
             s for s in stack.services.values() if not s.running()
         ]
+        if alerting:
+            dead += [p for p in alerting.processes() if not p.running()]
         if prometheus and not prometheus.running():
             dead.append(prometheus)
         if dead:
@@ -180,6 +221,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     codes = stack.stop()
     if prometheus:
         codes["prometheus"] = prometheus.stop()
+    if alerting:
+        codes.update(alerting.stop())
     _say("stopped: " + ", ".join(f"{name} exit {code}" for name, code in codes.items()))
     return exit_code
 
@@ -368,6 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SERVICE:STEP:SECONDS",
         help="start with a slow step, e.g. preprocess:resize:0.5 (repeatable)",
     )
+    up.add_argument("--port-alertmanager", type=int, default=DEFAULT_ALERTMANAGER_PORT)
+    up.add_argument("--port-responder", type=int, default=DEFAULT_RESPONDER_PORT)
+    up.add_argument(
+        "--no-alertmanager",
+        dest="alertmanager",
+        action="store_false",
+        help="do not start Alertmanager and the responder",
+    )
     up.add_argument("--rate", type=float, default=2.0, help="traffic per second; 0 for none")
     up.add_argument("--run-dir", default=".run", help="where process logs go")
     up.add_argument("--timeout", type=float, default=60.0, help="readiness wait, seconds")
@@ -394,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--seed", type=int, default=0)
     load.set_defaults(func=cmd_load)
     add_stack_parser(sub)
+    add_slo_parser(sub)
+    add_responder_parser(sub)
 
     fault = sub.add_parser("fault", help="slow down one step of a running local service")
     fault.add_argument("service", choices=sorted(DEFAULT_PORTS))
