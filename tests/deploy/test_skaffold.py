@@ -17,6 +17,12 @@ STACK = yaml.safe_load((ROOT / "deploy" / "stack" / "stack.yaml").read_text())
 ARTIFACTS = SKAFFOLD["build"]["artifacts"]
 PROFILES = SKAFFOLD["profiles"]
 SERVICES = ("preprocess", "classifier", "postprocess")
+# Every image skaffold builds: the three services and loadgen (the `servescope` command, whose
+# image runs the alert responder), and where each one's repository and tag go in the values.
+IMAGES = {
+    **{f"servescope-{s}": f"components.{s}.image" for s in SERVICES},
+    "servescope-loadgen": "responder.image",
+}
 
 
 def _release(config: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +61,7 @@ def test_schema_version_and_chart_path():
 
 
 def test_one_artifact_per_service_built_from_its_dockerfile():
-    assert sorted(a["image"] for a in ARTIFACTS) == sorted(f"servescope-{s}" for s in SERVICES)
+    assert sorted(a["image"] for a in ARTIFACTS) == sorted(IMAGES)
     for artifact in ARTIFACTS:
         service = artifact["image"].removeprefix("servescope-")
         assert artifact.get("context", ".") == "."  # the Dockerfiles build from the repo root
@@ -74,7 +80,7 @@ def _copy_sources(dockerfile: Path) -> list[str]:
     return sources
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", [*SERVICES, "loadgen"])
 def test_each_image_copies_only_its_own_service(service):
     dockerfile = ROOT / "services" / service / "Dockerfile"
     sources = _copy_sources(dockerfile)
@@ -103,10 +109,13 @@ def test_the_chart_receives_every_built_image():
     for artifact in ARTIFACTS:
         image = artifact["image"]
         key = re.sub(r"[^A-Za-z0-9]", "_", image)  # how skaffold names its template variables
-        service = image.removeprefix("servescope-")
-        assert values["components"][service]["image"]["repository"] == image
-        assert templates[f"components.{service}.image.repository"] == f"{{{{.IMAGE_REPO_{key}}}}}"
-        assert templates[f"components.{service}.image.tag"] == f"{{{{.IMAGE_TAG_{key}}}}}"
+        path = IMAGES[image]
+        node = values
+        for part in path.split("."):
+            node = node[part]
+        assert node["repository"] == image, path
+        assert templates[f"{path}.repository"] == f"{{{{.IMAGE_REPO_{key}}}}}"
+        assert templates[f"{path}.tag"] == f"{{{{.IMAGE_TAG_{key}}}}}"
 
 
 def _profile_values(profile: dict[str, Any]) -> list[Path]:
@@ -120,12 +129,13 @@ def test_every_profile_renders_and_validates(profile, helm):
     assert files, f"profile {profile['name']} switches nothing on"
     for path in files:
         assert path.is_file(), path
-    # The images skaffold would pass, so what renders is what skaffold deploys.
-    overrides = {
-        "components": {
-            s: {"image": {"repository": f"servescope-{s}", "tag": "dev-abc123"}} for s in SERVICES
-        }
-    }
+    # The images skaffold would pass (setValueTemplates), so what renders is what it deploys.
+    overrides: dict[str, Any] = {}
+    for image, path in IMAGES.items():
+        node = overrides
+        for part in path.split("."):
+            node = node.setdefault(part, {})
+        node.update({"repository": image, "tag": "dev-abc123"})
     rendered = helm.render(files, overrides)
     for obj in rendered.objects:
         if obj["kind"] not in helm.PROMETHEUS_OPERATOR_KINDS:

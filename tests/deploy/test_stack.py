@@ -5,6 +5,7 @@ cluster, and files owned by other issues read in place, never copied."""
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import re
 import shutil
@@ -94,10 +95,14 @@ def test_files_owned_elsewhere_are_read_in_place(tmp_path, capsys):
     # Nothing from deploy/alertmanager or deploy/fluent-bit yet: nothing extra is passed.
     plain = stack_cli.install_commands(stack_cli.load_stack(root), root)
     assert not [c for c in plain if "--set-file" in c or "generated" in " ".join(c)]
-    # Once those issues land their files:
+    # Once those issues land their files (the responder's local-mode webhook is rewritten to
+    # its in-cluster Service, any other webhook is left alone):
     routes = {
         "route": {"receiver": "webhook", "group_by": ["alertname"]},
-        "receivers": [{"name": "webhook", "webhook_configs": [{"url": "http://receiver:8080/"}]}],
+        "receivers": [
+            {"name": "webhook", "webhook_configs": [{"url": "http://receiver:8080/"}]},
+            {"name": "page", "webhook_configs": [{"url": "http://127.0.0.1:9095/alerts"}]},
+        ],
     }
     (root / "deploy" / "alertmanager").mkdir(parents=True)
     (root / "deploy" / "alertmanager" / "alertmanager.yml").write_text(yaml.safe_dump(routes))
@@ -119,7 +124,11 @@ def test_files_owned_elsewhere_are_read_in_place(tmp_path, capsys):
     generated = yaml.safe_load(
         (root / ".run" / "stack" / "kube-prometheus-stack-generated.yaml").read_text()
     )
-    assert generated == {"alertmanager": {"config": routes}}
+    in_cluster = copy.deepcopy(routes)
+    in_cluster["receivers"][1]["webhook_configs"][0]["url"] = (
+        "http://servescope-responder.servescope.svc.cluster.local:9095/alerts"
+    )
+    assert generated == {"alertmanager": {"config": in_cluster}}
     fluent = next(line for line in out.splitlines() if "upgrade --install fluent-bit" in line)
     assert "--values deploy/stack/fluent-bit-sampling.yaml" in fluent
     assert "--set-file 'luaScripts.sampling\\.lua=deploy/fluent-bit/sampling.lua'" in fluent
@@ -178,8 +187,10 @@ def test_stack_and_app_fit_a_minikube_with_4_cpus_and_8_gb():
         _resources(values("loki.yaml"), "singleBinary"),
         _resources(values("fluent-bit.yaml")),
     ]
-    app = yaml.safe_load((ROOT / "deploy/helm/servescope/values.yaml").read_text())["components"]
-    blocks += [c["resources"] for c in app.values()]
+    app = yaml.safe_load((ROOT / "deploy/helm/servescope/values.yaml").read_text())
+    # The services and the alert responder (on in the advanced profile).
+    blocks += [c["resources"] for c in app["components"].values()]
+    blocks.append(app["responder"]["resources"])
     cpu_requests = sum(_quantity(b["requests"]["cpu"]) for b in blocks)
     memory_requests = sum(_quantity(b["requests"]["memory"]) for b in blocks)
     memory_limits = sum(_quantity(b["limits"]["memory"]) for b in blocks)

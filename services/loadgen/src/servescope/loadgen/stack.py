@@ -7,7 +7,9 @@ with subprocess from the repository root. `--dry-run` prints the exact commands 
 Files that other issues own are read where they live, never copied: Alertmanager's routes
 (deploy/alertmanager/alertmanager.yml) become `alertmanager.config` in a values file generated
 under .run/stack/, its templates and the Fluent Bit Lua filters (deploy/fluent-bit/*.lua) are
-passed with `--set-file`. Whatever does not exist yet is simply left out.
+passed with `--set-file`. Whatever does not exist yet is simply left out. A YAML file's
+`replaceUrlPrefixes` turns local-mode addresses into in-cluster ones on the way (the
+responder's webhook URL: 127.0.0.1:9095 locally, the app chart's responder Service here).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,7 @@ class Release:
     chart: str
     version: str
     values: tuple[str, ...]
-    yaml_files: tuple[dict[str, str], ...] = ()
+    yaml_files: tuple[dict[str, Any], ...] = ()
     set_files: tuple[dict[str, str], ...] = ()
     values_when_present: tuple[dict[str, str], ...] = ()
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -113,17 +115,51 @@ def _set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:
     target[keys[-1]] = value
 
 
+def replace_url_prefixes(value: Any, prefixes: Mapping[str, str]) -> tuple[Any, set[str]]:
+    """`value` (parsed YAML) with every string that starts with one of `prefixes`' keys starting
+    with that key's value instead, and the set of keys that matched at least once."""
+    matched: set[str] = set()
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: walk(item) for key, item in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if isinstance(node, str):
+            for old, new in prefixes.items():
+                if node.startswith(old):
+                    matched.add(old)
+                    return new + node[len(old) :]
+        return node
+
+    return walk(value), matched
+
+
 def generated_values(root: Path, release: Release) -> tuple[Path, dict[str, Any]] | None:
     """The values built from YAML files owned elsewhere (e.g. Alertmanager routes), or None
-    when none of them exists yet. The path is relative to `root`."""
+    when none of them exists yet. The path is relative to `root`.
+
+    A spec's `replaceUrlPrefixes` ({old: new}) rewrites the strings starting with `old`; a
+    prefix that matches nothing is an error, so a changed source file cannot silently leave a
+    local-mode address in the cluster's configuration."""
     values: dict[str, Any] = {}
     for spec in release.yaml_files:
         source = root / spec["path"]
         if source.is_file():
             try:
-                _set_nested(values, spec["key"], yaml.safe_load(source.read_text()))
+                content = yaml.safe_load(source.read_text())
             except yaml.YAMLError as exc:
                 raise StackError(f"{spec['path']} is not valid YAML: {exc}") from exc
+            prefixes: dict[str, str] = dict(spec.get("replaceUrlPrefixes") or {})
+            content, matched = replace_url_prefixes(content, prefixes)
+            unused = sorted(set(prefixes) - matched)
+            if unused:
+                raise StackError(
+                    f"{spec['path']}: nothing in it starts with {unused[0]!r}, so the "
+                    f"replacement {unused[0]!r} -> {prefixes[unused[0]]!r} ({STACK_FILE}, "
+                    "replaceUrlPrefixes) would do nothing; update one of the two"
+                )
+            _set_nested(values, spec["key"], content)
     if not values:
         return None
     return GENERATED_DIR / f"{release.name}-generated.yaml", values
