@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up test bench lint fmt generate pin model clean
+.PHONY: help bootstrap up test bench lint fmt generate dashboards pin model clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ fmt: bootstrap ## apply ruff's fixes and formatting
 
 generate: bootstrap ## regenerate generated files (docs/telemetry.md, ...) from their sources
 	@$(UV) run servescope generate
+
+dashboards: bootstrap ## regenerate the Grafana dashboards JSON (dashboards/*.json) from their code
+	@$(UV) run servescope dashboards
 
 pin: ## re-pin every dependency version in pyproject.toml from a fresh resolution
 	@$(UV) run python scripts/pin.py

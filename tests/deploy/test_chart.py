@@ -159,11 +159,29 @@ def _served_health_paths() -> set[str]:
     return {route.path for route in app.routes}  # type: ignore[attr-defined]
 
 
+def _responder_get_paths() -> set[str]:
+    """The GET routes the alert responder really registers (servescope.loadgen.responder)."""
+    from servescope.loadgen.responder import ResponderSettings, build_app
+
+    app = build_app(ResponderSettings())
+    return {
+        route.resource.canonical
+        for route in app.router.routes()
+        if route.method == "GET" and route.resource is not None
+    }
+
+
 def test_resources_and_three_probes_on_every_container(case, helm):
     name, rendered = case
-    served = _served_health_paths()
-    assert {"/healthz", "/readyz"} <= served
+    served_by = {"responder": _responder_get_paths()}
+    assert "/healthz" in served_by["responder"] and "/readyz" not in served_by["responder"]
+    services_served = _served_health_paths()
+    assert {"/healthz", "/readyz"} <= services_served
     for deployment in rendered.of_kind("Deployment"):
+        component = helm.component_of(deployment)
+        served = served_by.get(component, services_served)
+        # The responder has no readiness of its own: ready as soon as it listens.
+        readiness = "/healthz" if component == "responder" else "/readyz"
         for container in helm.containers(deployment):
             where = f"{name}: {deployment['metadata']['name']}/{container['name']}"
             resources = container["resources"]
@@ -176,7 +194,7 @@ def test_resources_and_three_probes_on_every_container(case, helm):
                 http = container[probe]["httpGet"]
                 assert http["path"] in served, f"{where}: {probe} on {http['path']}, not served"
                 assert http["port"] in ports, f"{where}: {probe} on unknown port {http['port']}"
-            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", where
+            assert container["readinessProbe"]["httpGet"]["path"] == readiness, where
             assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", where
 
 
@@ -202,13 +220,21 @@ def test_memory_limits_leave_headroom_over_the_measured_working_set(helm):
 
 
 def test_termination_grace_covers_prestop_drain_and_in_flight(case, helm):
+    from servescope.loadgen.responder import ResponderSettings
+
     name, rendered = case
     for deployment in rendered.of_kind("Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         for container in pod["containers"]:
             env = helm.env_of(container)
-            drain = float(env["SERVESCOPE_DRAIN_SECONDS"])
-            graceful = float(env["SERVESCOPE_GRACEFUL_TIMEOUT_SECONDS"])
+            if helm.component_of(deployment) == "responder":
+                # No drain; at SIGTERM it finishes the notes in progress: the diagnostic
+                # queries, then the exemplar query, each bounded by the query timeout.
+                drain = 0.0
+                graceful = 2 * ResponderSettings().query_timeout_seconds
+            else:
+                drain = float(env["SERVESCOPE_DRAIN_SECONDS"])
+                graceful = float(env["SERVESCOPE_GRACEFUL_TIMEOUT_SECONDS"])
             pre_stop = container.get("lifecycle", {}).get("preStop", {})
             sleep = pre_stop.get("sleep", {}).get("seconds", 0)
             if "exec" in pre_stop:
@@ -233,6 +259,11 @@ def test_a_grace_period_shorter_than_the_shutdown_fails_to_render(helm):
 def _settings_fields(component: str) -> set[str]:
     import importlib
 
+    if component == "responder":
+        from servescope.loadgen.responder import ResponderSettings
+
+        prefix = ResponderSettings.model_config["env_prefix"]
+        return {f"{prefix}{name.upper()}" for name in ResponderSettings.model_fields}
     module = importlib.import_module(f"servescope.{component}.settings")
     return {f"SERVESCOPE_{name.upper()}" for name in module.Settings.model_fields}
 
@@ -242,7 +273,7 @@ def test_every_servescope_variable_is_a_setting_of_that_service(case, helm):
     name, rendered = case
     for deployment in rendered.of_kind("Deployment"):
         component = helm.component_of(deployment)
-        if component not in SERVICES:
+        if component not in (*SERVICES, "responder"):
             component = "classifier"  # ci/extra-component-values.yaml: a second classifier
         fields = _settings_fields(component)
         for variable in helm.env_of(helm.containers(deployment)[0]):
@@ -554,14 +585,19 @@ def test_a_packaged_chart_carries_the_rule_files(helm, tmp_path):
 
 
 def test_dashboards_render_one_configmap_per_json_file(helm, tmp_path):
-    # No dashboard JSON is linked yet (dashboards issue): nothing rendered, and NOTES say why.
+    # files/dashboards links to dashboards/: one ConfigMap per committed dashboard JSON.
     rendered = helm.render([OBSERVABILITY])
-    assert not rendered.of_kind("ConfigMap")
-    assert "no dashboard was installed" in rendered.notes
-    # The wiring, on a copy of the chart with one dashboard where the link will point.
+    shipped = {p.name for p in (ROOT / "dashboards").glob("*.json")}
+    assert shipped
+    configmaps = rendered.of_kind("ConfigMap")
+    assert {name for c in configmaps for name in c["data"]} == shipped
+    assert len(configmaps) == len(shipped)
+    assert "no dashboard was installed" not in rendered.notes
+    # The wiring, on a copy of the chart with one dashboard where the link points.
     chart = tmp_path / "servescope"
     shutil.copytree(CHART, chart, symlinks=False)
     dashboard = {"title": "Servescope overview", "panels": [{"legendFormat": "{{route}}"}]}
+    shutil.rmtree(chart / "files" / "dashboards")
     (chart / "files" / "dashboards").mkdir()
     (chart / "files" / "dashboards" / "Servescope_Overview.json").write_text(
         yaml.safe_dump(dashboard, default_flow_style=True)

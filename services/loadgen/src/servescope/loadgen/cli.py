@@ -366,6 +366,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from servescope.loadgen.dashboards.__main__ import main as dashboards_main
+
+    return dashboards_main(args.rest)
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from servescope.loadgen.traces import load_spans, render, slowest_traces
 
@@ -470,6 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--dir", default=".run/traces", help="where local mode writes spans")
     trace.set_defaults(func=cmd_trace)
 
+    dashboards = sub.add_parser(
+        "dashboards",
+        help="write dashboards/*.json, or `render` pictures of them from real data",
+        add_help=False,
+    )
+    dashboards.add_argument("rest", nargs=argparse.REMAINDER)
+    dashboards.set_defaults(func=cmd_dashboards)
+
     generate = sub.add_parser(
         "generate", help="regenerate generated files (docs/telemetry.md, ...)"
     )
@@ -481,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dashboards"]:
+        # Its own parser (generate, --check, render ...) takes the rest as it is.
+        return cmd_dashboards(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from servescope.loadgen.dashboards import generators as dashboard_generators
 from servescope.loadgen.slo import render_repository_rules
 from servescope.telemetry.docs import render_markdown
 from servescope.telemetry.settings import repo_root
@@ -18,6 +19,9 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "docs/telemetry.md": render_markdown,
     # SLO rules from the Sloth specs in deploy/prometheus/slos/ (`servescope slo generate`).
     "deploy/prometheus/rules/slos.generated.yml": render_repository_rules,
+    # Grafana dashboards from servescope.loadgen.dashboards, one JSON file each
+    # (`make dashboards`).
+    **dashboard_generators(),
 }
 
 

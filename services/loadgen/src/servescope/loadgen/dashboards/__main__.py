@@ -1,0 +1,59 @@
+"""`python -m servescope.loadgen.dashboards` (what `make dashboards` runs).
+
+python -m servescope.loadgen.dashboards            write dashboards/*.json
+python -m servescope.loadgen.dashboards --check    exit 1 when a committed file drifted
+python -m servescope.loadgen.dashboards render --prometheus URL
+                                                   draw docs/dashboards/*.png from the
+                                                   data in a running Prometheus
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from servescope.loadgen.dashboards import generators
+from servescope.telemetry.settings import repo_root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m servescope.loadgen.dashboards")
+    parser.add_argument("command", nargs="?", choices=["generate", "render"], default="generate")
+    parser.add_argument("--check", action="store_true", help="report drift, write nothing")
+    parser.add_argument("--prometheus", default="http://127.0.0.1:9090", help="for render")
+    parser.add_argument("--minutes", type=float, default=10.0, help="time range for render")
+    parser.add_argument(
+        "--local",
+        type=float,
+        metavar="SECONDS",
+        help="render: start the services and a Prometheus, send SECONDS of traffic, render",
+    )
+    args = parser.parse_args(argv)
+    root = repo_root()
+    if args.command == "render":
+        from servescope.loadgen.dashboards.render import capture_local, render_all
+
+        out = root / "docs" / "dashboards"
+        if args.local:
+            paths = capture_local(out, args.local)
+        else:
+            paths = render_all(args.prometheus, out, args.minutes)
+        for path in paths:
+            print(f"wrote {path.relative_to(root)}")
+        return 0
+    stale = []
+    for relative, produce in generators().items():
+        path = root / relative
+        content = produce()
+        if not path.exists() or path.read_text() != content:
+            stale.append(relative)
+            if not args.check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(content)
+    verb = "out of date" if args.check else "written"
+    print(f"{verb}: {', '.join(stale)}" if stale else "dashboards are up to date")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Helpers shared by the dashboard tests: the committed dashboards, their queries with the
+template variables replaced by concrete values, and the metric names a query reads."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from servescope.loadgen.dashboards import DASHBOARDS, OUTPUT_DIR
+from servescope.loadgen.dashboards.common import panels_of
+from servescope.telemetry.settings import repo_root
+
+# Values Grafana would put in for the template variables.
+VARIABLES = {
+    "__rate_interval": "1m",
+    "__interval": "15s",
+    "__range": "1h",
+    "service": "preprocess",
+    "namespace": "servescope",
+    "container": "preprocess",
+}
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((repo_root() / OUTPUT_DIR / f"{name}.json").read_text())
+
+
+def dashboards() -> dict[str, dict[str, Any]]:
+    return {name: load(name) for name in DASHBOARDS}
+
+
+def panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in panels_of(board) if p.get("type") != "row"]
+
+
+def queries(board: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, expression) of every target of a dashboard."""
+    return [(p["title"], t["expr"]) for p in panels(board) for t in p.get("targets", [])]
+
+
+def variable_queries(board: dict[str, Any]) -> list[tuple[str, str]]:
+    """(variable name, series selector) of every label_values() query variable."""
+    found = []
+    for variable in board["templating"]["list"]:
+        if variable["type"] == "query":
+            match = re.fullmatch(r"label_values\((.+), *(\w+)\)", variable["query"])
+            assert match, variable["query"]
+            found.append((variable["name"], match[1]))
+    return found
+
+
+def substitute(expr: str) -> str:
+    def value(match: re.Match[str]) -> str:
+        name = match[1] or match[2]
+        assert name in VARIABLES, f"no test value for ${name} in {expr}"
+        return VARIABLES[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+
+
+KEYWORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
+    "unless", "offset", "inf", "nan", "le",
+}  # fmt: skip
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (the validity of the whole is Prometheus's
+    business; this only lists the names, to hold them to the contract)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
+    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges
+    text = re.sub(
+        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text
+    )  # label lists
+    names = set()
+    for match in re.finditer(r"(?<![\w.])([A-Za-z_:][A-Za-z0-9_:]*)\s*(\()?", text):
+        word, call = match[1], match[2]
+        if call or word in KEYWORDS or re.fullmatch(r"\d.*", word):
+            continue
+        names.add(word)
+    return names
+
+
+def recording_rules() -> set[str]:
+    import yaml
+
+    names = set()
+    for path in (repo_root() / "deploy" / "prometheus" / "rules").glob("*.yml"):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            names.update(rule["record"] for rule in group["rules"] if "record" in rule)
+    return names
+
+
+def prometheus_query(url: str, expr: str) -> dict[str, Any]:
+    response = httpx.get(url + "/api/v1/query", params={"query": expr}, timeout=10)
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(repo_root()))

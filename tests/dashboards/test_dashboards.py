@@ -1,0 +1,161 @@
+"""The committed dashboards: fresh from their code, valid PromQL by Prometheus's own parser,
+only declared metric names, a unit and a description on every panel, the datasource a
+variable, exemplars on latency panels."""
+
+from __future__ import annotations
+
+import pytest
+
+from servescope.loadgen.dashboards import DASHBOARDS, OUTPUT_DIR, generators
+from servescope.loadgen.dashboards.common import EXTERNAL_SERIES
+from servescope.loadgen.generate import GENERATORS, generate_all
+from servescope.loadgen.local import PrometheusProcess, free_port
+from servescope.telemetry.contract import load_contract
+
+from .promql import (
+    dashboards,
+    metric_names,
+    panels,
+    prometheus_query,
+    queries,
+    recording_rules,
+    substitute,
+    variable_queries,
+)
+
+ALL = dashboards()
+
+
+def test_every_dashboard_is_a_registered_generated_file() -> None:
+    expected = {f"{OUTPUT_DIR}/{name}.json" for name in DASHBOARDS}
+    assert set(generators()) == expected
+    assert expected <= set(GENERATORS)
+
+
+def test_committed_json_equals_a_fresh_generation() -> None:
+    stale = [path for path in generate_all(check=True) if path.startswith(f"{OUTPUT_DIR}/")]
+    assert stale == [], "run `make dashboards` and commit the result"
+
+
+@pytest.mark.parametrize("name", DASHBOARDS)
+def test_every_panel_has_a_unit_and_a_description(name: str) -> None:
+    board = ALL[name]
+    assert board["uid"] == name and board["title"].startswith("Servescope / ")
+    for panel in panels(board):
+        assert panel.get("description", "").strip(), f"{name}: {panel['title']} has no description"
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{name}: {panel['title']} has no unit"
+        assert panel.get("targets"), f"{name}: {panel['title']} has no query"
+
+
+@pytest.mark.parametrize("name", DASHBOARDS)
+def test_the_datasource_is_a_variable(name: str) -> None:
+    board = ALL[name]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["jaeger"]["query"] == "jaeger"
+    for panel in panels(board):
+        refs = [panel["datasource"], *(t["datasource"] for t in panel["targets"])]
+        assert all(ref == {"type": "prometheus", "uid": "${datasource}"} for ref in refs), panel
+    assert any("${jaeger}" in link["url"] for link in board["links"])
+
+
+@pytest.mark.parametrize("name", DASHBOARDS)
+def test_latency_panels_show_exemplars(name: str) -> None:
+    for panel in panels(ALL[name]):
+        for target in panel["targets"]:
+            expr = target["expr"]
+            if "duration_seconds_bucket" in expr and "histogram_quantile" in expr:
+                assert target.get("exemplar") is True, f"{name}: {panel['title']}"
+
+
+def test_metric_names_are_declared() -> None:
+    contract = load_contract()
+    declared = set()
+    for metric in contract.metrics:
+        declared.add(metric.name)
+        if metric.type == "histogram":
+            declared.update(metric.name + suffix for suffix in ("_bucket", "_sum", "_count"))
+    allowed = declared | recording_rules() | EXTERNAL_SERIES
+    seen = set()
+    for name, board in ALL.items():
+        for title, expr in queries(board) + variable_queries(board):
+            names = metric_names(expr)
+            seen |= names
+            unknown = names - allowed
+            assert not unknown, (
+                f"{name}: {title}: {sorted(unknown)} is not in the contract, a rule or the allow-list"
+            )
+    # The allow-list holds nothing the dashboards no longer read.
+    assert seen >= EXTERNAL_SERIES, sorted(EXTERNAL_SERIES - seen)
+
+
+def test_metric_name_extraction() -> None:
+    assert metric_names(
+        'histogram_quantile(0.95, sum by (job, le) (rate(a_bucket{job=~"x|y"}[5m])))'
+        " / on (job) group_left b:c:d or 0 * vector(1) > bool 2 unless up offset 1h"
+    ) == {"a_bucket", "b:c:d", "up"}
+    assert metric_names('topk(15, count by (__name__) ({job="x"}))') == set()
+
+
+def test_the_model_dashboard_has_what_the_issue_asks_for() -> None:
+    board = ALL["servescope-model"]
+    by_title = {p["title"]: p for p in panels(board)}
+    assert by_title["Inference latency heatmap"]["type"] == "heatmap"
+    assert by_title["Confidence distribution over time"]["type"] == "heatmap"
+    assert "servescope_model_info" in by_title["Model served"]["targets"][0]["expr"]
+    for title in ("Per-stage latency p95", "Predictions by class", "Rejected inputs by reason"):
+        assert title in by_title
+    psi = by_title["Drift: population stability (PSI)"]["fieldConfig"]["defaults"]["thresholds"]
+    shift = by_title["Drift: mean intensity shift"]["fieldConfig"]["defaults"]["thresholds"]
+    assert [s["value"] for s in psi["steps"]] == [None, 0.25]
+    assert [s["value"] for s in shift["steps"]] == [None, 0.1]
+
+
+def test_the_slo_dashboard_covers_every_slo() -> None:
+    from servescope.loadgen.dashboards.slos import load_slos
+
+    slos = load_slos()
+    assert {s.name for s in slos} == {"predictions-availability", "predictions-latency"}
+    rows = [p["title"] for p in ALL["servescope-slos"]["panels"] if p["type"] == "row"]
+    assert len(rows) == len(slos)
+    exprs = " ".join(e for _, e in queries(ALL["servescope-slos"]))
+    for record in (
+        "slo:objective:ratio",
+        "slo:period_error_budget_remaining:ratio",
+        "slo:current_burn_rate:ratio",
+        "slo:sli_error:ratio_rate30d",
+        "ALERTS",
+    ):
+        assert record in exprs
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory):
+    if not PrometheusProcess.available():
+        pytest.skip("prometheus is missing: apt-get install prometheus (.ci/run installs it)")
+    port = free_port()
+    config = {"global": {"scrape_interval": "1m"}, "scrape_configs": []}
+    process = PrometheusProcess(port, tmp_path_factory.mktemp("prometheus"), config)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("name", DASHBOARDS)
+def test_every_query_parses_in_prometheus(prometheus, name: str) -> None:
+    """Prometheus 2.42 has no /api/v1/parse_query: each query is run, and a parse error
+    comes back as errorType bad_data."""
+    failures = []
+    for title, expr in queries(ALL[name]) + variable_queries(ALL[name]):
+        body = prometheus_query(prometheus.url, substitute(expr))
+        if body["status"] != "success":
+            failures.append(f"{title}: {body.get('errorType')}: {body.get('error')}\n  {expr}")
+    assert not failures, "\n".join(failures)
+
+
+def test_a_broken_query_is_caught(prometheus) -> None:
+    body = prometheus_query(prometheus.url, "sum by (job (rate(up[1m]))")
+    assert body["status"] == "error" and body["errorType"] == "bad_data"
