@@ -30,7 +30,17 @@ class LogSampler:
 
     def __init__(self, info_ratio: float) -> None:
         self.bound = TraceIdRatioBased.get_bound_for_rate(info_ratio)
-        self.counter: Any = None  # servescope_log_lines_total, bound by bind_metrics
+        # servescope_log_lines_total children by (level, decision), bound by bind_metrics.
+        self.counts: dict[tuple[str, str], Any] = {}
+
+    def keeps_info(self, trace_id: int) -> bool:
+        """Whether INFO lines of this trace are kept: callers can skip building a line."""
+        return (trace_id & _TRACE_ID_LIMIT) < self.bound
+
+    def count(self, level: str, decision: str) -> None:
+        child = self.counts.get((level, decision))
+        if child is not None:
+            child.inc()
 
     def __call__(
         self, _: object, method_name: str, event_dict: structlog.typing.EventDict
@@ -38,23 +48,33 @@ class LogSampler:
         level = _LEVELS.get(method_name, method_name)
         context = trace.get_current_span().get_span_context()
         if context.is_valid:
-            if level in ("debug", "info") and (context.trace_id & _TRACE_ID_LIMIT) >= self.bound:
-                if self.counter is not None:
-                    self.counter.labels(level, "dropped").inc()
+            if level in ("debug", "info") and not self.keeps_info(context.trace_id):
+                self.count(level, "dropped")
                 raise structlog.DropEvent
             event_dict["trace_id"] = format(context.trace_id, "032x")
             event_dict["span_id"] = format(context.span_id, "016x")
-        if self.counter is not None and level in ("debug", "info", "warning", "error", "critical"):
-            self.counter.labels(level, "kept").inc()
+        self.count(level, "kept")
         return event_dict
+
+
+def log_sampler() -> LogSampler | None:
+    """The sampler configure_logging installed, if any."""
+    for processor in structlog.get_config()["processors"]:
+        if isinstance(processor, LogSampler):
+            return processor
+    return None
 
 
 def bind_log_metrics(metrics: Any) -> None:
     """Count kept and dropped lines in this service's servescope_log_lines_total."""
     counter = metrics.counter("servescope_log_lines_total")
-    for processor in structlog.get_config()["processors"]:
-        if isinstance(processor, LogSampler):
-            processor.counter = counter
+    sampler = log_sampler()
+    if sampler is not None:
+        sampler.counts = {
+            (level, decision): counter.labels(level, decision)
+            for level in ("debug", "info", "warning", "error", "critical")
+            for decision in ("kept", "dropped")
+        }
 
 
 def _dumps(obj: object, default: object = None) -> str:

@@ -19,6 +19,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from servescope.telemetry.logging import log_sampler
 from servescope.telemetry.metrics import ServiceMetrics
 from servescope.telemetry.tracing import tracer
 
@@ -51,6 +52,7 @@ class HTTPTelemetryMiddleware:
         self.methods = frozenset(metrics.contract.label_rules["http_request_method"].values)
         self.tracer = tracer()
         self.log = structlog.get_logger("servescope.access")
+        self.sampler = log_sampler()
         # Children bound once per label combination instead of looked up on every request.
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -117,13 +119,22 @@ class HTTPTelemetryMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or self.unmatched
             self._observe(span, template, method, status, elapsed, request_bytes, response_bytes)
-            self.log.info(
-                "http_request",
-                http_route=template,
-                http_request_method=method,
-                http_response_status_code=status,
-                duration_ms=round(elapsed * 1000, 3),
-            )
+            context = span.get_span_context()
+            sampler = self.sampler
+            if (
+                sampler is not None
+                and context.is_valid
+                and not sampler.keeps_info(context.trace_id)
+            ):
+                sampler.count("info", "dropped")  # the same decision, without building the line
+            else:
+                self.log.info(
+                    "http_request",
+                    http_route=template,
+                    http_request_method=method,
+                    http_response_status_code=status,
+                    duration_ms=round(elapsed * 1000, 3),
+                )
             otel_context.detach(token)
             span.end()
 
