@@ -37,9 +37,24 @@ def panels(board: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in panels_of(board) if p.get("type") != "row"]
 
 
+def is_loki(target: dict[str, Any]) -> bool:
+    return bool(target["datasource"]["type"] == "loki")
+
+
 def queries(board: dict[str, Any]) -> list[tuple[str, str]]:
-    """(panel title, expression) of every target of a dashboard."""
-    return [(p["title"], t["expr"]) for p in panels(board) for t in p.get("targets", [])]
+    """(panel title, expression) of every PromQL target of a dashboard (Loki targets are
+    LogQL: see log_queries)."""
+    return [
+        (p["title"], t["expr"])
+        for p in panels(board)
+        for t in p.get("targets", [])
+        if not is_loki(t)
+    ]
+
+
+def log_queries(board: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(panel title, target) of every Loki target of a dashboard."""
+    return [(p["title"], t) for p in panels(board) for t in p.get("targets", []) if is_loki(t)]
 
 
 def variable_queries(board: dict[str, Any]) -> list[tuple[str, str]]:

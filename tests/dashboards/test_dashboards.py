@@ -1,8 +1,11 @@
 """The committed dashboards: fresh from their code, valid PromQL by Prometheus's own parser,
-only declared metric names, a unit and a description on every panel, the datasource a
-variable, exemplars on latency panels."""
+only declared metric names, a unit and a description on every panel (a description only on
+logs panels: log lines have no unit), the datasource a variable, exemplars on latency
+panels, LogQL on the Loki variable for logs panels (never sent to Prometheus)."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -14,6 +17,8 @@ from servescope.telemetry.contract import load_contract
 
 from .promql import (
     dashboards,
+    is_loki,
+    log_queries,
     metric_names,
     panels,
     prometheus_query,
@@ -43,7 +48,9 @@ def test_every_panel_has_a_unit_and_a_description(name: str) -> None:
     assert board["uid"] == name and board["title"].startswith("Servescope / ")
     for panel in panels(board):
         assert panel.get("description", "").strip(), f"{name}: {panel['title']} has no description"
-        assert panel["fieldConfig"]["defaults"].get("unit"), f"{name}: {panel['title']} has no unit"
+        if panel["type"] != "logs":
+            unit = panel["fieldConfig"]["defaults"].get("unit")
+            assert unit, f"{name}: {panel['title']} has no unit"
         assert panel.get("targets"), f"{name}: {panel['title']} has no query"
 
 
@@ -56,8 +63,19 @@ def test_the_datasource_is_a_variable(name: str) -> None:
     assert variables["jaeger"]["query"] == "jaeger"
     for panel in panels(board):
         refs = [panel["datasource"], *(t["datasource"] for t in panel["targets"])]
-        assert all(ref == {"type": "prometheus", "uid": "${datasource}"} for ref in refs), panel
+        expected = (
+            {"type": "loki", "uid": "${loki}"}
+            if panel["type"] == "logs"
+            else {"type": "prometheus", "uid": "${datasource}"}
+        )
+        assert all(ref == expected for ref in refs), panel
     assert any("${jaeger}" in link["url"] for link in board["links"])
+    # The Loki variable exactly where a logs panel reads it.
+    has_logs = any(panel["type"] == "logs" for panel in panels(board))
+    assert ("loki" in variables) == has_logs
+    if has_logs:
+        assert variables["loki"]["type"] == "datasource"
+        assert variables["loki"]["query"] == "loki"
 
 
 @pytest.mark.parametrize("name", DASHBOARDS)
@@ -67,6 +85,69 @@ def test_latency_panels_show_exemplars(name: str) -> None:
             expr = target["expr"]
             if "duration_seconds_bucket" in expr and "histogram_quantile" in expr:
                 assert target.get("exemplar") is True, f"{name}: {panel['title']}"
+
+
+# A LogQL log query: a stream selector of label matchers, then a pipeline.
+STREAM_SELECTOR = re.compile(
+    r'\{\s*\w+\s*(=|=~|!=|!~)\s*"[^"]*"(\s*,\s*\w+\s*(=|=~|!=|!~)\s*"[^"]*")*\s*\}'
+)
+# The labels Fluent Bit gives every stream (deploy/stack/fluent-bit.yaml).
+FLUENT_BIT_LABELS = {"job", "namespace", "app", "container", "level"}
+
+
+@pytest.mark.parametrize("name", DASHBOARDS)
+def test_loki_targets_are_logql_on_the_loki_variable(name: str) -> None:
+    """Logs panels, and only they, hold Loki targets; each is a LogQL log query on the
+    labels Fluent Bit ships, parsing the JSON line (Prometheus never sees them: queries()
+    leaves them out)."""
+    board = ALL[name]
+    for panel in panels(board):
+        loki = [is_loki(t) for t in panel["targets"]]
+        assert all(loki) if panel["type"] == "logs" else not any(loki), panel["title"]
+    for title, target in log_queries(board):
+        assert target["datasource"] == {"type": "loki", "uid": "${loki}"}, title
+        expr = target["expr"]
+        selector = STREAM_SELECTOR.match(expr)
+        assert selector, f"{title}: no stream selector: {expr}"
+        labels = set(re.findall(r"(\w+)\s*(?:=|!=|=~|!~)\s*\"", selector[0]))
+        assert labels <= FLUENT_BIT_LABELS, f"{title}: {labels - FLUENT_BIT_LABELS}"
+        assert 'namespace="servescope"' in selector[0], title
+        assert re.search(r"\|\s*json\b", expr[selector.end() :]), f"{title}: not parsed as JSON"
+        assert target.get("queryType") == "range" and target.get("maxLines"), title
+    # What goes to Prometheus (the parse test, the live-data test) holds no LogQL.
+    logql = {target["expr"] for _, target in log_queries(board)}
+    assert not logql & {expr for _, expr in queries(board)}
+
+
+def test_fluent_bit_ships_the_labels_the_log_queries_use() -> None:
+    import yaml
+
+    from servescope.telemetry.settings import repo_root
+
+    values = yaml.safe_load((repo_root() / "deploy/stack/fluent-bit.yaml").read_text())
+    (line,) = [
+        line.strip() for line in values["config"]["outputs"].splitlines() if "Labels" in line
+    ]
+    shipped = set(re.findall(r"(\w+)=", line.removeprefix("Labels")))
+    assert shipped == FLUENT_BIT_LABELS, shipped
+    # `app` is the pod's app.kubernetes.io/name, which the app chart sets to the service name.
+    assert "app=$kubernetes['labels']['app.kubernetes.io/name']" in line
+    assert "Line_Format json" in values["config"]["outputs"]
+
+
+def test_the_overview_shows_the_services_log_lines_with_trace_links() -> None:
+    board = ALL["servescope-overview"]
+    (panel,) = [p for p in panels(board) if p["type"] == "logs"]
+    (target,) = panel["targets"]
+    assert panel["datasource"]["uid"] == "${loki}"
+    assert 'app=~"$service"' in target["expr"]
+    assert panel["options"]["enableLogDetails"] is True
+    assert "trace" in panel["description"].lower() and "Jaeger" in panel["description"]
+    (link,) = panel["fieldConfig"]["defaults"]["links"]
+    assert "${jaeger}" in link["url"] and "${__data.fields.trace_id}" in link["url"]
+    # The model dashboard lists the rejected and failed requests' lines the same way.
+    (model_panel,) = [p for p in panels(ALL["servescope-model"]) if p["type"] == "logs"]
+    assert "request_rejected" in model_panel["targets"][0]["expr"]
 
 
 def test_metric_names_are_declared() -> None:
@@ -159,3 +240,32 @@ def test_every_query_parses_in_prometheus(prometheus, name: str) -> None:
 def test_a_broken_query_is_caught(prometheus) -> None:
     body = prometheus_query(prometheus.url, "sum by (job (rate(up[1m]))")
     assert body["status"] == "error" and body["errorType"] == "bad_data"
+
+
+def test_the_renderer_reads_local_log_lines_for_logs_panels(tmp_path) -> None:
+    """Local mode has no Loki: the renderer lists the services' own JSON lines that the
+    panel's LogQL (a small subset) selects."""
+    import json
+
+    from servescope.loadgen.dashboards.render import read_log_lines
+
+    lines = {
+        "preprocess": [
+            {"event": "request_rejected", "level": "warning", "trace_id": "a" * 32},
+            {"event": "http_request", "level": "info", "trace_id": "b" * 32},
+        ],
+        "classifier": [{"event": "model_loaded", "level": "info"}],
+    }
+    for service, records in lines.items():
+        text = "\n".join(
+            json.dumps({**r, "service": service, "timestamp": "2026-01-01T00:00:00+00:00"})
+            for r in records
+        )
+        (tmp_path / f"{service}.log").write_text(text + "\nnot json\n")
+    t = 1767225600.0
+    (overview,) = [t for _, t in log_queries(ALL["servescope-overview"])]
+    (model,) = [t for _, t in log_queries(ALL["servescope-model"])]
+    assert len(read_log_lines(tmp_path, overview["expr"], t - 1, t + 1)) == 3
+    assert read_log_lines(tmp_path, overview["expr"], t + 1, t + 2) == []
+    (rejected,) = read_log_lines(tmp_path, model["expr"], t - 1, t + 1)
+    assert rejected["trace_id"] == "a" * 32

@@ -2,9 +2,11 @@
 
 python -m servescope.loadgen.dashboards            write dashboards/*.json
 python -m servescope.loadgen.dashboards --check    exit 1 when a committed file drifted
-python -m servescope.loadgen.dashboards render --prometheus URL
+python -m servescope.loadgen.dashboards render --prometheus URL [--logs DIR]
                                                    draw docs/dashboards/*.png from the
-                                                   data in a running Prometheus
+                                                   data in a running Prometheus (logs
+                                                   panels: the services' logs in DIR,
+                                                   default .run when it exists)
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prometheus", default="http://127.0.0.1:9090", help="for render")
     parser.add_argument("--minutes", type=float, default=10.0, help="time range for render")
     parser.add_argument(
+        "--logs", metavar="DIR", help="render: the services' log files (default: .run)"
+    )
+    parser.add_argument(
         "--local",
         type=float,
         metavar="SECONDS",
@@ -37,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.local:
             paths = capture_local(out, args.local)
         else:
-            paths = render_all(args.prometheus, out, args.minutes)
+            logs = root / (args.logs or ".run")
+            paths = render_all(
+                args.prometheus, out, args.minutes, logs_dir=logs if logs.is_dir() else None
+            )
         for path in paths:
             print(f"wrote {path.relative_to(root)}")
         return 0

@@ -13,20 +13,37 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from grafana_foundation_sdk.builders import bargauge, heatmap, stat, table, timeseries
+from grafana_foundation_sdk.builders import bargauge, heatmap, logs, stat, table, timeseries
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as builders
+from grafana_foundation_sdk.builders import loki as loki_builders
 from grafana_foundation_sdk.builders import prometheus as prometheus_builders
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as models
+from grafana_foundation_sdk.models import loki as loki_models
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 
 # The Prometheus datasource is the dashboard variable `datasource`; traces are found through
 # the Jaeger datasource variable `jaeger` (exemplar links on latency panels, see
-# deploy/local/grafana/datasources.yaml for the Prometheus side of that link).
+# deploy/local/grafana/provisioning/datasources/servescope.yaml for the Prometheus side of
+# that link); log panels read the Loki datasource variable `loki`, whose derived field
+# `trace_id` (same provisioning, and deploy/stack/kube-prometheus-stack.yaml) turns the
+# trace id of each JSON line into a link to the trace in Jaeger.
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 JAEGER_UID = "${jaeger}"
+LOKI = models.DataSourceRef(type_val="loki", uid="${loki}")
+
+# The streams Fluent Bit ships to Loki (deploy/stack/fluent-bit.yaml): label `app` is the
+# pod's app.kubernetes.io/name, which the app chart sets to the service's name (the same
+# value as the Prometheus `job`), `namespace` the pod's namespace.
+LOG_STREAMS = 'namespace="servescope"'
+# Explore on the Jaeger datasource, showing the trace of the log line's trace_id field (the
+# field the Loki datasource's derived field adds to every line that carries one).
+TRACE_LINK = (
+    "/explore?left=%7B%22datasource%22:%22" + JAEGER_UID + "%22,%22queries%22:%5B%7B"
+    "%22refId%22:%22A%22,%22query%22:%22${__data.fields.trace_id}%22%7D%5D%7D"
+)
 
 SERVICES_RE = "preprocess|classifier|postprocess"
 # Probe and scrape endpoints are not traffic (the same filter as the recording rules).
@@ -281,12 +298,56 @@ def table_panel(
     return result
 
 
+def logs_panel(
+    title: str,
+    description: str,
+    expr: str,
+    *,
+    width: int = 24,
+    height: int = 10,
+    max_lines: int = 200,
+) -> logs.Panel:
+    """Log lines from Loki (a LogQL `expr` on the `loki` variable), newest first, with log
+    details open to the trace link. Log lines have no unit: only the description is required."""
+    target = (
+        loki_builders.Dataquery()
+        .expr(expr)
+        .ref_id("A")
+        .datasource(LOKI)
+        .query_type("range")
+        .max_lines(max_lines)
+        .direction(loki_models.LokiQueryDirection.BACKWARD)
+    )
+    return (
+        logs.Panel()
+        .title(title)
+        .description(description)
+        .datasource(LOKI)
+        .span(width)
+        .height(height)
+        .show_time(True)
+        .show_labels(False)
+        .show_common_labels(False)
+        .wrap_log_message(False)
+        .prettify_log_message(False)
+        .enable_log_details(True)
+        .dedup_strategy(common_models.LogsDedupStrategy.NONE)
+        .sort_order(common_models.LogsSortOrder.DESCENDING)
+        .data_links([builders.DashboardLink("Trace in Jaeger").url(TRACE_LINK).target_blank(True)])
+        .with_target(target)
+    )
+
+
 def datasource_variable() -> builders.DatasourceVariable:
     return builders.DatasourceVariable("datasource").label("Prometheus").type("prometheus")
 
 
 def jaeger_variable() -> builders.DatasourceVariable:
     return builders.DatasourceVariable("jaeger").label("Jaeger").type("jaeger")
+
+
+def loki_variable() -> builders.DatasourceVariable:
+    return builders.DatasourceVariable("loki").label("Loki").type("loki")
 
 
 def query_variable(name: str, label: str, query: str, *, include_all: bool = True) -> Any:
@@ -311,7 +372,8 @@ def dashboard(
     sections: list[tuple[str, list[Any]]],
     variables: list[Any] | None = None,
 ) -> builders.Dashboard:
-    """A dashboard of rows, each a title and its panels, with the shared variables first."""
+    """A dashboard of rows, each a title and its panels, with the shared variables first
+    (the Loki one only on dashboards with a logs panel)."""
     board = (
         builders.Dashboard(title)
         .uid(uid)
@@ -324,19 +386,20 @@ def dashboard(
         .tooltip(models.DashboardCursorSync.CROSSHAIR)
         .with_variable(datasource_variable())
         .with_variable(jaeger_variable())
-        .link(
-            builders.DashboardLink("Servescope dashboards")
-            .type(models.DashboardLinkType.DASHBOARDS)
-            .tags(["servescope"])
-            .as_dropdown(True)
-        )
-        .link(
-            builders.DashboardLink("Traces in Jaeger")
-            .type(models.DashboardLinkType.LINK)
-            .url(f"/explore?left=%7B%22datasource%22:%22{JAEGER_UID}%22%7D")
-            .target_blank(True)
-            .icon("external link")
-        )
+    )
+    if any(isinstance(panel, logs.Panel) for _, panels in sections for panel in panels):
+        board = board.with_variable(loki_variable())
+    board = board.link(
+        builders.DashboardLink("Servescope dashboards")
+        .type(models.DashboardLinkType.DASHBOARDS)
+        .tags(["servescope"])
+        .as_dropdown(True)
+    ).link(
+        builders.DashboardLink("Traces in Jaeger")
+        .type(models.DashboardLinkType.LINK)
+        .url(f"/explore?left=%7B%22datasource%22:%22{JAEGER_UID}%22%7D")
+        .target_blank(True)
+        .icon("external link")
     )
     for variable in variables or []:
         board = board.with_variable(variable)

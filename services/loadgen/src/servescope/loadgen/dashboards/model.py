@@ -1,14 +1,17 @@
-"""Model: inference latency, per-stage latency, confidence, predictions, rejections, drift."""
+"""Model: inference latency, per-stage latency, confidence, predictions, rejections, drift,
+and the rejected and failed requests' log lines (Loki) with links to their traces."""
 
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders.dashboard import Dashboard
 
 from servescope.loadgen.dashboards.common import (
+    LOG_STREAMS,
     Query,
     bargauge_panel,
     dashboard,
     heatmap_panel,
+    logs_panel,
     stat_panel,
     table_panel,
     timeseries_panel,
@@ -228,6 +231,17 @@ def build() -> Dashboard:
             [Query("max by (job) (servescope_drift_window_inputs)", "{{job}}")],
         ),
     ]
+    log_lines = [
+        logs_panel(
+            "Rejected and failed requests",
+            "Log lines of requests refused for bad input (request_rejected, with kind and "
+            "stage) or failed (request_failed, unhandled_error), from every service, newest "
+            "first. These lines are always kept; open one and its trace_id links to the "
+            "request's trace in Jaeger.",
+            f'{{{LOG_STREAMS}}} | json | event=~"request_rejected|request_failed|unhandled_error"',
+            height=8,
+        )
+    ]
     return dashboard(
         UID,
         "Servescope / Model",
@@ -238,5 +252,6 @@ def build() -> Dashboard:
             ("Latency", latency),
             ("Predictions", predictions),
             ("Input drift", drift),
+            ("Rejections in the logs", log_lines),
         ],
     )

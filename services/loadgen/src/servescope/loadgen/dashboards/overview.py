@@ -1,14 +1,17 @@
-"""Service overview: RED per service and route, in-flight requests, readiness, resources."""
+"""Service overview: RED per service and route, in-flight requests, readiness, resources,
+and the selected services' log lines (Loki) with links to their traces."""
 
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders.dashboard import Dashboard
 
 from servescope.loadgen.dashboards.common import (
+    LOG_STREAMS,
     NOT_TRAFFIC,
     SERVICES_RE,
     Query,
     dashboard,
+    logs_panel,
     query_variable,
     stat_panel,
     timeseries_panel,
@@ -174,12 +177,27 @@ def build() -> Dashboard:
             [Query('sum by (job) (process_resident_memory_bytes{job=~"$service"})', "{{job}}")],
         ),
     ]
+    log_lines = [
+        logs_panel(
+            "Log lines",
+            "The selected services' JSON log lines in Loki, newest first (Kubernetes mode: "
+            "Fluent Bit ships them with the labels namespace, app, container and level). INFO "
+            "lines inside a request are sampled with the traces; WARNING and ERROR lines are "
+            "all kept. Open a line: its trace_id links to the trace in Jaeger.",
+            f'{{{LOG_STREAMS}, app=~"$service"}} | json',
+        )
+    ]
     return dashboard(
         UID,
         "Servescope / Service overview",
         "Rate, errors and duration (RED) of the three Servescope services, per service and "
-        "route, with in-flight requests and process resources.",
-        [("Health", health), ("Requests (RED)", red), ("Process resources", resources)],
+        "route, with in-flight requests, process resources and the services' log lines.",
+        [
+            ("Health", health),
+            ("Requests (RED)", red),
+            ("Process resources", resources),
+            ("Logs", log_lines),
+        ],
         variables=[
             query_variable(
                 "service",

@@ -3,6 +3,12 @@ running Prometheus and draw the dashboard's grid with matplotlib.
 
 This is not Grafana's look, but it is the same queries on the same layout, so the pictures
 in docs/dashboards/ show what each dashboard holds, with real data.
+
+Logs panels read Loki, which only runs in Kubernetes mode. Given the folder where local mode
+writes the services' logs (`<service>.log`, JSON lines), the renderer lists the newest lines
+that a small subset of the panel's LogQL selects (label matchers on app, container and
+level; `| json` label filters), with their trace ids; without it, it says where the lines
+come from.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import re
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +101,71 @@ def _no_data(panel: dict[str, Any]) -> str:
     )
 
 
+# LogQL stream labels (deploy/stack/fluent-bit.yaml) -> the field of a local JSON line.
+LOG_LABELS = {"app": "service", "container": "service", "level": "level"}
+LOG_SERVICES = ("preprocess", "classifier", "postprocess")
+_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+
+
+def log_filter(expr: str) -> Callable[[dict[str, Any]], bool]:
+    """A predicate on parsed log lines for a small LogQL subset: `{label op "value", ...}`
+    then `| json` and label filters `| field op "value"`. Labels with no local counterpart
+    (namespace) match everything; regular expressions are anchored, as in LogQL."""
+    selector, _, pipeline = substitute(expr).partition("}")
+    checks: list[tuple[str, str, str]] = []
+    for name, op, value in _MATCHER.findall(selector):
+        if name in LOG_LABELS:
+            checks.append((LOG_LABELS[name], op, value))
+    checks.extend(_MATCHER.findall(pipeline))
+
+    def keep(record: dict[str, Any]) -> bool:
+        for field, op, value in checks:
+            actual = str(record.get(field, ""))
+            if (op == "=" and actual != value) or (op == "!=" and actual == value):
+                return False
+            if op in ("=~", "!~") and bool(re.fullmatch(value, actual)) != (op == "=~"):
+                return False
+        return True
+
+    return keep
+
+
+def read_log_lines(logs_dir: Path, expr: str, start: float, end: float) -> list[dict[str, Any]]:
+    """The services' JSON lines in logs_dir between start and end that expr selects, oldest
+    first."""
+    from datetime import datetime
+
+    keep = log_filter(expr)
+    found = []
+    for name in LOG_SERVICES:
+        path = logs_dir / f"{name}.log"
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+                stamp = datetime.fromisoformat(record["timestamp"]).timestamp()
+            except (ValueError, KeyError, TypeError):
+                continue
+            if start <= stamp <= end and keep(record):
+                record["_time"] = stamp
+                found.append(record)
+    return sorted(found, key=lambda r: r["_time"])
+
+
 class Renderer:
-    def __init__(self, url: str, minutes: float = 10.0, end: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        minutes: float = 10.0,
+        end: float | None = None,
+        logs_dir: Path | None = None,
+    ) -> None:
         self.url = url
         self.end = end or time.time()
         self.start = self.end - minutes * 60
         self.step = max(1.0, minutes * 60 / 150)
+        self.logs_dir = logs_dir
 
     def range(self, expr: str) -> list[dict[str, Any]]:
         return _api(
@@ -318,6 +384,39 @@ class Renderer:
         ax.set_yticklabels([f"≤ {label}" for label in labels])
         self._time_axis(ax)
 
+    def _logs(self, ax: Any, panel: dict[str, Any]) -> None:
+        """The newest lines first, as Grafana's logs panel sorts them, trace ids in blue."""
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if self.logs_dir is None:
+            self._message(
+                ax, "Log lines come from Loki (Kubernetes mode); trace ids link to Jaeger"
+            )
+            return
+        records = read_log_lines(self.logs_dir, panel["targets"][0]["expr"], self.start, self.end)
+        if not records:
+            self._message(ax, "No data")
+            return
+        height = ax.get_position().height * ax.figure.get_figheight()
+        shown = max(1, int(height / 0.19))
+        ax.set_xlim(0, 1)
+        ax.set_ylim(shown, 0)
+        for row, record in enumerate(reversed(records[-shown:])):
+            stamp = time.strftime("%H:%M:%S", time.localtime(record["_time"]))
+            level = str(record.get("level", ""))
+            color = {"warning": NAMED["orange"], "error": NAMED["red"]}.get(level, TEXT)
+            details = " ".join(
+                f"{key}={record[key]}"
+                for key in ("http_route", "http_response_status_code", "kind", "stage")
+                if key in record
+            )
+            ax.text(0.005, row + 0.5, f"{stamp}  {level:<7} {record.get('service', ''):<11} "
+                    f"{record.get('event', '')} {details}"[:110], color=color, fontsize=8,
+                    family="monospace", va="center")  # fmt: skip
+            if "trace_id" in record:
+                ax.text(0.995, row + 0.5, f"trace_id={record['trace_id']}", color=NAMED["blue"],
+                        fontsize=8, family="monospace", va="center", ha="right")  # fmt: skip
+
     def _table(self, ax: Any, panel: dict[str, Any]) -> None:
         rows: list[dict[str, str]] = []
         for target in panel["targets"]:
@@ -339,9 +438,12 @@ class Renderer:
             cell.get_text().set_color(TEXT)
 
 
-def render_all(url: str, out_dir: Path, minutes: float = 10.0) -> list[Path]:
-    """docs/dashboards/<name>.png for every dashboard, from the data in the Prometheus at url."""
-    renderer = Renderer(url, minutes)
+def render_all(
+    url: str, out_dir: Path, minutes: float = 10.0, logs_dir: Path | None = None
+) -> list[Path]:
+    """docs/dashboards/<name>.png for every dashboard, from the data in the Prometheus at url
+    (and the services' log files in logs_dir, for logs panels)."""
+    renderer = Renderer(url, minutes, logs_dir=logs_dir)
     written = []
     for name in DASHBOARDS:
         board = json.loads((repo_root() / OUTPUT_DIR / f"{name}.json").read_text())
@@ -383,7 +485,7 @@ def capture_local(out_dir: Path, seconds: float = 240.0, run_dir: Path | None = 
         drift = LoadConfig(url=stack.url, rate=20, duration=seconds * 0.3, mix="drift")
         asyncio.run(run_load(drift, progress=None))
         time.sleep(6)
-        return render_all(prometheus.url, out_dir, minutes=seconds / 60 + 0.5)
+        return render_all(prometheus.url, out_dir, minutes=seconds / 60 + 0.5, logs_dir=base)
     finally:
         prometheus.stop()
         stack.stop()
