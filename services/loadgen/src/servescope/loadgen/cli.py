@@ -362,7 +362,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 1
     for key, value in report["ratios"].items():
         _say(f"{key}: {value:.2f}")
-    _say("written: docs/benchmarks.md, docs/benchmarks.json")
+    _say("written: docs/benchmarks.md, docs/benchmarks.json, docs/benchmarks.png")
     return 0
 
 

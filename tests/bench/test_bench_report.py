@@ -1,0 +1,124 @@
+"""`servescope bench`: the report and plot from a synthetic run, and peers that fail to install.
+
+Fast and offline: nothing here starts a server or reaches a package index.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from servescope.loadgen import bench, bench_peers
+from servescope.loadgen.bench import Result, Sample, summarise, write_report
+from servescope.loadgen.bench_peers import PeerInstall, PeerSpec, install_peer
+
+PIPELINE_CPU = {"preprocess": 0.9, "classifier": 0.6, "postprocess": 0.4}
+SINGLES = {
+    "classifier alone": 2000.0,
+    "kserve default": 1000.0,
+    "kserve quiet": 1600.0,
+    "mlserver default": 500.0,
+    "mlserver quiet": 1500.0,
+}
+PIPELINES = {"bare": 500.0, "default": 470.0, "full": 400.0}
+
+
+def _sample(rps: float, cpu: dict[str, float]) -> Sample:
+    p50 = 1000 / rps
+    return Sample(rps, p50, p50 * 1.5, p50 * 2, 0, cpu, 0.02)
+
+
+def synthetic_report() -> dict[str, Any]:
+    result = Result()
+    for connections in (1, 8):
+        for name, rps in PIPELINES.items():
+            result.samples[(name, connections)] = [_sample(rps * f, PIPELINE_CPU) for f in (1, 1.1)]
+        for name, rps in SINGLES.items():
+            result.samples[(name, connections)] = [
+                _sample(rps * f, {"server": 0.5}) for f in (1, 1.1)
+            ]
+    for name in PIPELINES:
+        result.peak_rss_mib[name] = {svc: 80.0 for svc in PIPELINE_CPU}
+    for name in SINGLES:
+        result.peak_rss_mib[name] = {"server": 120.0}
+    report = summarise(result, rounds=2, seconds=1.0)
+    report["skipped"] = ["somepeer skipped: install failed (a test)"]
+    report["peer_versions"] = {"kserve": "0.21.0", "mlserver": "1.7.1"}
+    report["floor"] = {"batch_1_us_per_image": 16.0, "batch_32_us_per_image": 5.0}
+    return report
+
+
+def test_report_and_plot_cover_every_configuration(tmp_path: Path) -> None:
+    report = synthetic_report()
+    write_report(report, tmp_path)
+    doc = (tmp_path / "benchmarks.md").read_text()
+    for name in (*PIPELINES, *SINGLES):
+        assert f"| {name} | 1 |" in doc
+        assert f"| {name} | 8 |" in doc
+    # Ratios against bare, and the classifier alone against each peer configuration.
+    for key in ("default/bare throughput c1", "full/bare throughput c8", "default/bare p95 c8"):
+        assert f"| {key} |" in doc
+    for peer in ("kserve default", "kserve quiet", "mlserver default", "mlserver quiet"):
+        for c in ("c1", "c8"):
+            key = f"classifier alone/{peer} throughput {c}"
+            assert key in report["ratios"]
+            assert f"| {key} | {report['ratios'][key]:.2f} |" in doc
+    assert report["ratios"]["classifier alone/kserve default throughput c1"] == pytest.approx(2.0)
+    assert "| classifier alone/kserve default throughput c1 | 2.00 | >= 1.50: met |" in doc
+    assert "| classifier alone/kserve quiet throughput c1 | 1.25 | >= 1.00: met |" in doc
+    assert "| default/bare throughput c1 | 0.94 | >= 0.90: met |" in doc
+    assert "| full/bare throughput c1 | 0.80 | >= 0.80: met |" in doc
+    assert "](benchmarks.png)" in doc
+    assert "somepeer skipped: install failed (a test)" in doc
+    png = (tmp_path / "benchmarks.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    assert json.loads((tmp_path / "benchmarks.json").read_text())["ratios"] == report["ratios"]
+
+
+def test_a_missed_target_is_marked() -> None:
+    verdict = bench._verdict(1.2, bench.target_of("classifier alone/kserve default throughput c8"))
+    assert verdict == ">= 1.50: **missed**"
+    assert "missed" in bench._verdict(1.3, bench.target_of("default/bare p95 c1"))
+
+
+def test_a_failed_peer_install_is_a_skip_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real (pip-less, so fast) venv in a temp dir; `false` stands in for pip installing an
+    # impossible pin, so the failure path is exercised without reaching any package index.
+    monkeypatch.setattr(bench_peers, "VENV_COMMAND", ("python3", "-m", "venv", "--without-pip"))
+    spec = PeerSpec("nosuchpeer", ("servescope-no-such-package==0.0.0",))
+    installed = install_peer(spec, root=tmp_path, pip_command=["false"])
+    assert installed.venv is None
+    assert installed.skipped.startswith("nosuchpeer skipped: install of")
+    assert "servescope-no-such-package==0.0.0" in installed.skipped
+    assert installed.skipped.endswith("failed (exit code 1)")
+    assert str(tmp_path) not in installed.skipped  # no paths in what the doc shows
+    # The half-built venv is removed, so the next run retries rather than trusting it.
+    assert not any(p.is_dir() for p in tmp_path.iterdir())
+
+
+def test_bench_goes_on_when_every_peer_fails(tmp_path: Path) -> None:
+    said: list[str] = []
+
+    def failing_install(spec: PeerSpec) -> PeerInstall:
+        if spec.name == "kserve":
+            raise OSError("no network")
+        return PeerInstall(spec, skipped=f"{spec.name} skipped: install failed")
+
+    targets, servers, skipped, versions = bench.start_peers(
+        tmp_path,
+        tmp_path / "infer.lua",
+        b"{}",
+        install=failing_install,
+        say=lambda message, **_: said.append(message),
+    )
+    assert (targets, servers, versions) == ({}, [], {})
+    assert skipped == [
+        "kserve skipped: install raised OSError",
+        "mlserver skipped: install failed",
+    ]
+    assert any("mlserver skipped" in line for line in said)
