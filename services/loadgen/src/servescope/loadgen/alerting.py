@@ -15,14 +15,19 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from servescope.loadgen.local import LocalStackError, http_get, port_is_free
+from servescope.loadgen.local import (
+    LocalStackError,
+    http_get,
+    port_is_free,
+    stop_process,
+    wait_until_ready,
+)
 from servescope.telemetry.settings import repo_root
 
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
@@ -60,32 +65,6 @@ def alertmanager_config(responder_port: int | None = None, fast: bool = False) -
             route["group_interval"] = "1s"
             route["repeat_interval"] = "1h"
     return config
-
-
-def _wait_ready(
-    url: str, process: subprocess.Popen[bytes], name: str, log: Path, timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while http_get(url, timeout=0.5)[0] != 200:
-        if process.poll() is not None:
-            raise LocalStackError(f"{name} exited (code {process.returncode}); see {log}")
-        if time.monotonic() > deadline:
-            raise LocalStackError(f"{name} not ready after {timeout:.0f} s; see {log}")
-        time.sleep(0.05)
-
-
-def _stop(process: subprocess.Popen[bytes] | None, timeout: float) -> int | None:
-    """SIGTERM by PID, SIGKILL if it overstays."""
-    if process is None:
-        return None
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
 
 
 @dataclass
@@ -135,7 +114,9 @@ class AlertmanagerProcess:
                 stdin=subprocess.DEVNULL,
             )
         try:
-            _wait_ready(self.url + "/-/ready", self.process, "Alertmanager", self.log_path, timeout)
+            wait_until_ready(
+                self.url + "/-/ready", self.process, "Alertmanager", self.log_path, timeout
+            )
         except LocalStackError:
             self.stop()
             raise
@@ -152,7 +133,7 @@ class AlertmanagerProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        return _stop(self.process, timeout)
+        return stop_process(self.process, timeout)
 
 
 @dataclass
@@ -202,7 +183,9 @@ class ResponderProcess:
                 stdin=subprocess.DEVNULL,
             )
         try:
-            _wait_ready(self.url + "/healthz", self.process, "responder", self.log_path, timeout)
+            wait_until_ready(
+                self.url + "/healthz", self.process, "responder", self.log_path, timeout
+            )
         except LocalStackError:
             self.stop()
             raise
@@ -219,7 +202,7 @@ class ResponderProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        return _stop(self.process, timeout)
+        return stop_process(self.process, timeout)
 
 
 @dataclass

@@ -38,7 +38,7 @@ import numpy as np
 
 from servescope.loadgen.bench_peers import PEER_CONFIGS, PEERS, PeerServer, install_peer, start_peer
 from servescope.loadgen.inputs import heldout_samples
-from servescope.loadgen.local import SERVICES, LocalStack, ServiceProcess, free_port, http_get
+from servescope.loadgen.local import SERVICES, LocalStack, ServiceProcess, free_port
 from servescope.telemetry.settings import bundled_model_dir, repo_root
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -231,14 +231,6 @@ PIPELINE_TARGETS = {
 PEER_TARGETS = {"default": 1.5, "quiet": 1.0}
 
 
-def _wait_ready(service: ServiceProcess, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while http_get(service.url + "/readyz", timeout=0.5)[0] != 200:
-        if not service.running() or time.monotonic() > deadline:
-            raise RuntimeError(f"{service.name} did not become ready:\n{service.log_tail()}")
-        time.sleep(0.05)
-
-
 def _post(url: str, body: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
     request = urllib.request.Request(  # noqa: S310 (our own 127.0.0.1 URL)
         url, data=body, headers={"Content-Type": "application/json"}, method="POST"
@@ -357,7 +349,7 @@ def run_bench(
             {**base, "SERVESCOPE_PORT": str(port), "SERVESCOPE_HOST": "127.0.0.1", **common},
         )
         alone.start()
-        _wait_ready(alone)
+        alone.wait_ready()
         status, answer = _post(f"{alone.url}/v2/models/{MODEL_NAME}/infer", infer_body)
         if status != 200:
             raise RuntimeError(f"the classifier rejected the bench payload ({status}): {answer!r}")

@@ -62,6 +62,19 @@ def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
         return 0, b""
 
 
+def wait_until_ready(
+    url: str, process: subprocess.Popen[bytes], name: str, log: Path, timeout: float
+) -> None:
+    """Poll `url` until it answers 200; fail at once if the process dies, or at `timeout`."""
+    deadline = time.monotonic() + timeout
+    while http_get(url, timeout=0.5)[0] != 200:
+        if process.poll() is not None:
+            raise LocalStackError(f"{name} exited (code {process.returncode}); see {log}")
+        if time.monotonic() > deadline:
+            raise LocalStackError(f"{name} not ready after {timeout:.0f} s; see {log}")
+        time.sleep(0.05)
+
+
 def stop_process(
     process: subprocess.Popen[bytes] | None, timeout: float = 15.0, sig: int = signal.SIGTERM
 ) -> int | None:
@@ -115,6 +128,12 @@ class ServiceProcess:
             stdin=subprocess.DEVNULL,
         )
         log.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until /readyz answers 200; LocalStackError if the process dies or time runs out."""
+        if self.process is None:
+            raise LocalStackError(f"{self.name} was never started")
+        wait_until_ready(self.url + "/readyz", self.process, self.name, self.log_path, timeout)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -213,18 +232,13 @@ class PrometheusProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        deadline = time.monotonic() + timeout
-        while http_get(self.url + "/-/ready", timeout=0.5)[0] != 200:
-            if self.process.poll() is not None:
-                raise LocalStackError(
-                    f"Prometheus exited (code {self.process.returncode}); see {self.log_path}"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise LocalStackError(
-                    f"Prometheus not ready after {timeout:.0f} s; see {self.log_path}"
-                )
-            time.sleep(0.1)
+        try:
+            wait_until_ready(
+                self.url + "/-/ready", self.process, "Prometheus", self.log_path, timeout
+            )
+        except LocalStackError:
+            self.stop()
+            raise
 
     def wait_for_targets(self, timeout: float = 30.0) -> None:
         """Block until every scrape target has been scraped successfully once.

@@ -122,6 +122,26 @@ def _with_targets(panel: Any, queries: list[Query]) -> Any:
     return panel
 
 
+def _framed(panel: Any, title: str, description: str, unit: str, width: int, height: int) -> Any:
+    """What every metric panel has: title, description, unit, the datasource variable, size."""
+    return (
+        panel.title(title)
+        .description(description)
+        .unit(unit)
+        .datasource(DATASOURCE)
+        .span(width)
+        .height(height)
+    )
+
+
+def _bounded(panel: Any, minimum: float | None, maximum: float | None) -> Any:
+    if minimum is not None:
+        panel = panel.min(minimum)
+    if maximum is not None:
+        panel = panel.max(maximum)
+    return panel
+
+
 def _thresholds(steps: list[tuple[float | None, str]]) -> builders.ThresholdsConfig:
     return (
         builders.ThresholdsConfig()
@@ -144,13 +164,7 @@ def timeseries_panel(
     maximum: float | None = None,
 ) -> timeseries.Panel:
     panel = (
-        timeseries.Panel()
-        .title(title)
-        .description(description)
-        .unit(unit)
-        .datasource(DATASOURCE)
-        .span(width)
-        .height(height)
+        _framed(timeseries.Panel(), title, description, unit, width, height)
         .line_width(1)
         .fill_opacity(10)
         .legend(
@@ -170,10 +184,7 @@ def timeseries_panel(
                 common_models.GraphTresholdsStyleMode.DASHED
             )
         )
-    if minimum is not None:
-        panel = panel.min(minimum)
-    if maximum is not None:
-        panel = panel.max(maximum)
+    panel = _bounded(panel, minimum, maximum)
     result: timeseries.Panel = _with_targets(panel, queries)
     return result
 
@@ -190,13 +201,7 @@ def stat_panel(
     mappings: dict[str, str] | None = None,
 ) -> stat.Panel:
     panel = (
-        stat.Panel()
-        .title(title)
-        .description(description)
-        .unit(unit)
-        .datasource(DATASOURCE)
-        .span(width)
-        .height(height)
+        _framed(stat.Panel(), title, description, unit, width, height)
         .color_mode(common_models.BigValueColorMode.BACKGROUND)
         .graph_mode(common_models.BigValueGraphMode.NONE)
         .reduce_options(LAST)
@@ -230,21 +235,12 @@ def bargauge_panel(
     maximum: float | None = None,
 ) -> bargauge.Panel:
     panel = (
-        bargauge.Panel()
-        .title(title)
-        .description(description)
-        .unit(unit)
-        .datasource(DATASOURCE)
-        .span(width)
-        .height(height)
+        _framed(bargauge.Panel(), title, description, unit, width, height)
         .orientation(common_models.VizOrientation.HORIZONTAL)
         .reduce_options(LAST)
         .thresholds(_thresholds(thresholds or [(None, "blue")]))
     )
-    if minimum is not None:
-        panel = panel.min(minimum)
-    if maximum is not None:
-        panel = panel.max(maximum)
+    panel = _bounded(panel, minimum, maximum)
     result: bargauge.Panel = _with_targets(panel, queries)
     return result
 
@@ -260,13 +256,7 @@ def heatmap_panel(
 ) -> heatmap.Panel:
     """Bucket series (format heatmap); `unit` is the unit of the buckets' upper bounds."""
     panel = (
-        heatmap.Panel()
-        .title(title)
-        .description(description)
-        .unit(unit)
-        .datasource(DATASOURCE)
-        .span(width)
-        .height(height)
+        _framed(heatmap.Panel(), title, description, unit, width, height)
         .calculate(False)
         .y_axis(heatmap.YAxisConfig().unit(unit))
         .show_legend()
@@ -285,15 +275,7 @@ def table_panel(
     width: int = 12,
     height: int = 6,
 ) -> table.Panel:
-    panel = (
-        table.Panel()
-        .title(title)
-        .description(description)
-        .unit(unit)
-        .datasource(DATASOURCE)
-        .span(width)
-        .height(height)
-    )
+    panel = _framed(table.Panel(), title, description, unit, width, height)
     result: table.Panel = _with_targets(panel, queries)
     return result
 
