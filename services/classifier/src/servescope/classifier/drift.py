@@ -24,8 +24,7 @@ _EPS = 1e-4  # floor for proportions in PSI, so empty bins do not give infinitie
 
 @dataclass(frozen=True)
 class DriftReference:
-    bin_edges: np.ndarray
-    pixel_proportions: np.ndarray
+    pixel_proportions: np.ndarray  # over equal-width bins spanning 0 to 1
     mean_intensity: float
     class_prior: np.ndarray
 
@@ -33,8 +32,11 @@ class DriftReference:
     def from_card(cls, card: dict[str, Any]) -> DriftReference:
         ref = card["reference"]
         edges = np.asarray(ref["pixel_histogram"]["bin_edges"], dtype=np.float64)
+        # The monitor bins by arithmetic (floor of value x bins), which holds only for
+        # equal-width bins from 0 to 1; refuse a card that says otherwise.
+        if not np.allclose(edges, np.linspace(0.0, 1.0, len(edges))):
+            raise ValueError("drift needs pixel_histogram bins of equal width from 0 to 1")
         return cls(
-            bin_edges=edges,
             pixel_proportions=np.asarray(ref["pixel_histogram"]["proportions"], dtype=np.float64),
             mean_intensity=float(ref["mean_intensity"]),
             class_prior=np.asarray(ref["class_prior"], dtype=np.float64),

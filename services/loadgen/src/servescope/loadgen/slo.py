@@ -79,7 +79,6 @@ class AlertMeta:
     name: str
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
-    disabled: bool = False
 
 
 @dataclass(frozen=True)

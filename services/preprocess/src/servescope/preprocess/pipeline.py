@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -34,7 +34,6 @@ class ModelInfo:
     version: str
     spec: InputSpec
     output_name: str
-    fetched_at: float = field(default_factory=time.monotonic)
 
 
 class Pipeline:

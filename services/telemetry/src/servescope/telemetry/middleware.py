@@ -95,12 +95,15 @@ class HTTPTelemetryMiddleware:
                 await self.app(scope, counting_receive, counting_send)
             finally:
                 self.active.dec()
-                route = scope.get("route")
-                template = getattr(route, "path", None) or self.unmatched
-                elapsed = time.perf_counter() - started
-                self._child(self.duration, template, method, str(status)).observe(elapsed)
-                self._child(self.request_size, template, method).observe(request_bytes)
-                self._child(self.response_size, template, method).observe(response_bytes)
+                self._observe(
+                    trace.INVALID_SPAN,
+                    self._template(scope),
+                    method,
+                    status,
+                    time.perf_counter() - started,
+                    request_bytes,
+                    response_bytes,
+                )
             return
         parent = propagate.extract(scope["headers"], getter=_GETTER)
         span = self.tracer.start_span(
@@ -116,8 +119,7 @@ class HTTPTelemetryMiddleware:
         finally:
             self.active.dec()
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or self.unmatched
+            template = self._template(scope)
             self._observe(span, template, method, status, elapsed, request_bytes, response_bytes)
             context = span.get_span_context()
             sampler = self.sampler
@@ -137,6 +139,10 @@ class HTTPTelemetryMiddleware:
                 )
             otel_context.detach(token)
             span.end()
+
+    def _template(self, scope: Scope) -> str:
+        """The matched route's template, or the one shared value for unmatched paths."""
+        return getattr(scope.get("route"), "path", None) or self.unmatched
 
     def _observe(
         self,
