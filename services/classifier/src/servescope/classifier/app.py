@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import onnxruntime
@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from servescope.classifier import oip
-from servescope.classifier.drift import DriftMonitor, DriftReference
+from servescope.classifier.drift import THRESHOLDS, DriftMonitor, DriftReference
 from servescope.classifier.model import LoadedModel, ModelLoadError, load_model
 from servescope.classifier.settings import Settings
 from servescope.telemetry.bodies import read_body
@@ -77,14 +77,17 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
     metrics = ServiceMetrics("classifier")
     inference_seconds = metrics.histogram("servescope_inference_duration_seconds")
     batch_size = metrics.histogram("servescope_inference_batch_size")
+    # Drift scores are computed when Prometheus scrapes, not on every inference: a request
+    # only adds its input to the window (O(bins)); the PSI sums wait for someone to look.
+    def drift_signal(signal: str) -> Callable[[], float]:
+        return lambda: state.drift.scores()[signal] if state.drift else 0.0
+
     drift_score = metrics.gauge("servescope_input_drift_score")
-    drift_inputs = metrics.gauge("servescope_drift_window_inputs")
-    drift_children = {
-        signal: drift_score.labels(signal)
-        for signal in ("pixel_psi", "class_psi", "mean_intensity_shift")
-    }
-    for child in drift_children.values():
-        child.set(0)
+    for signal in THRESHOLDS:
+        drift_score.labels(signal).set_function(drift_signal(signal))
+    metrics.gauge("servescope_drift_window_inputs").set_function(
+        lambda: float(len(state.drift)) if state.drift else 0.0
+    )
 
     async def load() -> None:
         try:
@@ -191,9 +194,6 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         batch_size.observe(first.shape[0] if first.ndim else 1)
         if state.drift is not None and len(feeds) == 1 and arrays:
             state.drift.update(first, arrays[0])
-            for signal, value in state.drift.scores().items():
-                drift_children[signal].set(value)
-            drift_inputs.set(len(state.drift))
         request_id = payload.get("id")
         return JSONResponse(
             oip.encode_response(
