@@ -22,7 +22,7 @@ from servescope.telemetry.bodies import read_body
 from servescope.telemetry.errors import ServiceError
 from servescope.telemetry.health import Health
 from servescope.telemetry.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
-from servescope.telemetry.metrics import ServiceMetrics, current_exemplar
+from servescope.telemetry.metrics import ServiceMetrics, observe
 from servescope.telemetry.responses import JSONResponse
 from servescope.telemetry.tracing import step_span
 
@@ -77,6 +77,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
     metrics = ServiceMetrics("classifier")
     inference_seconds = metrics.histogram("servescope_inference_duration_seconds")
     batch_size = metrics.histogram("servescope_inference_batch_size")
+
     # Drift scores are computed when Prometheus scrapes, not on every inference: a request
     # only adds its input to the window (O(bins)); the PSI sums wait for someone to look.
     def drift_signal(signal: str) -> Callable[[], float]:
@@ -186,11 +187,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
                     400, "inference_failed", f"onnxruntime rejected the input: {exc}", "infer"
                 ) from exc
             elapsed = time.perf_counter() - started
-        exemplar = current_exemplar()
-        if exemplar is None:
-            inference_seconds.observe(elapsed)
-        else:
-            inference_seconds.observe(elapsed, exemplar)
+        observe(inference_seconds, elapsed)
         batch_size.observe(first.shape[0] if first.ndim else 1)
         if state.drift is not None and len(feeds) == 1 and arrays:
             state.drift.update(first, arrays[0])

@@ -18,7 +18,7 @@ from servescope.preprocess.imaging import ImageLimits, InputSpec, decode_image, 
 from servescope.preprocess.settings import Settings
 from servescope.telemetry.errors import ServiceError
 from servescope.telemetry.faults import Faults
-from servescope.telemetry.metrics import ServiceMetrics, current_exemplar
+from servescope.telemetry.metrics import ServiceMetrics, observe
 from servescope.telemetry.tracing import step_span
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "end_to_end")
@@ -107,20 +107,11 @@ class Pipeline:
                 delay = min(delay * 2, 5.0)
 
     def _observe(self, stage: str, seconds: float) -> None:
-        exemplar = current_exemplar()
-        if exemplar is None:
-            self._stage[stage].observe(seconds)
-        else:
-            self._stage[stage].observe(seconds, exemplar)
+        observe(self._stage[stage], seconds)
 
     def _recorder(self, peer: str) -> downstream.Recorder:
         def record(outcome: str, seconds: float) -> None:
-            child = self._outbound[(peer, outcome)]
-            exemplar = current_exemplar()
-            if exemplar is None:
-                child.observe(seconds)
-            else:
-                child.observe(seconds, exemplar)
+            observe(self._outbound[(peer, outcome)], seconds)
 
         return record
 

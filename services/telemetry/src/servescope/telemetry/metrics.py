@@ -110,7 +110,7 @@ class ServiceMetrics:
 
 
 def observe(histogram: Any, value: float) -> None:
-    """Observe with the current trace as exemplar, when there is one."""
+    """Observe with the current trace as exemplar when that trace is sampled."""
     exemplar = current_exemplar()
     if exemplar is None:
         histogram.observe(value)
