@@ -180,10 +180,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         _say(f"  {label:<12}{value}")
     _say("")
     _say(
-        "try:  servescope predict services/classifier/model/heldout/0000_7.png"
+        "try:  uv run servescope predict services/classifier/model/heldout/0000_7.png"
         + ("" if stack.url.endswith(":8000") else f" --url {stack.url}")
     )
-    _say("      servescope fault preprocess resize 0.5   (then: servescope trace --slowest 1)")
+    custom = (
+        ""
+        if ports["preprocess"] == DEFAULT_PORTS["preprocess"]
+        else f" --port {ports['preprocess']}"
+    )
+    _say(
+        f"      uv run servescope fault preprocess resize 0.5{custom}"
+        "   (then: uv run servescope trace --slowest 1)"
+    )
     _say("Ctrl-C stops everything.")
 
     stopping = False
