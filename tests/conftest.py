@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from servescope.loadgen.local import SERVICES, LocalStack, LocalStackError, free_port
-from servescope.telemetry.settings import bundled_model_dir
+from servescope.cli.local.services import SERVICES, LocalStack, LocalStackError, free_port
+from servescope.cli.paths import bundled_model_dir
 
 # Port choice races with everything else on the machine: a port found free can be taken
 # before the service binds it. Starting again on fresh ports hides only that race.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from servescope.loadgen.generate import GENERATORS, generate_all
+from servescope.cli.generate import generate_all, generators
+from servescope.cli.paths import repo_root
 
 
 def test_committed_generated_files_are_up_to_date() -> None:
@@ -12,11 +13,11 @@ def test_committed_generated_files_are_up_to_date() -> None:
 
 
 def test_the_check_notices_a_drifted_copy(tmp_path: Path) -> None:
-    for relative, produce in GENERATORS.items():
+    for relative, produce in generators(repo_root()).items():
         target = tmp_path / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(produce())
     assert generate_all(check=True, root=tmp_path) == []
-    first = next(iter(GENERATORS))
+    first = next(iter(generators(repo_root())))
     (tmp_path / first).write_text((tmp_path / first).read_text() + "\nhand edit\n")
     assert generate_all(check=True, root=tmp_path) == [first]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from servescope.telemetry.settings import repo_root
+from servescope.cli.paths import repo_root
 
 ROOT = repo_root()
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"

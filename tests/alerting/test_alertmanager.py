@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 import yaml
 
-from servescope.loadgen.alerting import AlertmanagerProcess, alertmanager_config
-from servescope.loadgen.local import free_port
+from servescope.cli.local.alerting import AlertmanagerProcess, alertmanager_config
+from servescope.cli.local.services import free_port
 
 from .conftest import ALERTMANAGER_CONFIG, alerts, tool
 

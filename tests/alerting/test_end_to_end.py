@@ -28,9 +28,10 @@ import httpx
 import pytest
 import yaml
 
-from servescope.loadgen.alerting import LocalAlerting, with_rule_files
+from servescope.cli.local.alerting import LocalAlerting, with_rule_files
+from servescope.cli.local.services import PrometheusProcess, free_port, prometheus_config
+from servescope.cli.paths import heldout_dir
 from servescope.loadgen.inputs import heldout_samples
-from servescope.loadgen.local import PrometheusProcess, free_port, prometheus_config
 
 from .conftest import RULES_DIR, tool
 
@@ -67,7 +68,7 @@ class Traffic:
         self.trace_ids: set[str] = set()
         self.sent = 0
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        self.body = heldout_samples()[0].body
+        self.body = heldout_samples(heldout_dir())[0].body
 
     def _run(self) -> None:
         with httpx.Client(timeout=5) as client:

@@ -15,10 +15,10 @@ import urllib.request
 
 import pytest
 
-from servescope.loadgen import responder as r
-from servescope.loadgen.alerting import ResponderProcess
-from servescope.loadgen.local import free_port
-from servescope.loadgen.slo import check_expression
+from servescope.cli.local.alerting import ResponderProcess
+from servescope.cli.local.services import free_port
+from servescope.cli.slo import check_expression
+from servescope.responder import app as r
 from servescope.telemetry.contract import load_contract
 
 from .conftest import RUNBOOKS_DIR

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servescope.loadgen.local import prometheus_config
-from servescope.loadgen.slo import check_expression
+from servescope.cli.local.services import prometheus_config
+from servescope.cli.slo import check_expression
 from servescope.telemetry.contract import load_contract
 
 from .conftest import (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from servescope.loadgen.slo import check_expression
+from servescope.cli.slo import check_expression
 from servescope.telemetry.contract import load_contract
 
 from .conftest import RULES_DIR, RUNBOOKS_DIR, alert_names, all_rules, load_rules

@@ -12,8 +12,10 @@ from decimal import Decimal
 import pytest
 import yaml
 
-from servescope.loadgen import slo
-from servescope.loadgen.generate import GENERATORS
+from servescope.cli import slo
+from servescope.cli.commands import slo as slo_command
+from servescope.cli.generate import generators
+from servescope.cli.paths import repo_root
 
 from .conftest import PROMETHEUS_DIR, ROOT, tool
 
@@ -68,7 +70,7 @@ def test_the_committed_rules_match_the_specs() -> None:
     assert GENERATED.read_text() == slo.render_repository_rules(), (
         "run `servescope slo generate` (or `make generate`)"
     )
-    assert "deploy/prometheus/rules/slos.generated.yml" in GENERATORS
+    assert "deploy/prometheus/rules/slos.generated.yml" in generators(repo_root())
 
 
 @pytest.mark.parametrize("name", ["predictions-availability", "predictions-latency"])
@@ -246,7 +248,7 @@ def test_raw_error_ratio_slis_keep_sloths_period_average() -> None:
 def _cli(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="servescope")
     sub = parser.add_subparsers(dest="command", required=True)
-    slo.add_slo_parser(sub)
+    slo_command.register(sub)
     args = parser.parse_args(list(argv))
     return int(args.func(args))
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from servescope.loadgen import bench, bench_peers
-from servescope.loadgen.bench import Result, Sample, summarise, write_report
-from servescope.loadgen.bench_peers import PeerInstall, PeerSpec, install_peer
+from servescope.cli.bench import peers as bench_peers
+from servescope.cli.bench import runner as bench
+from servescope.cli.bench.peers import PeerInstall, PeerSpec, install_peer
+from servescope.cli.bench.runner import Result, Sample, summarise, write_report
 
 PIPELINE_CPU = {"preprocess": 0.9, "classifier": 0.6, "postprocess": 0.4}
 SINGLES = {

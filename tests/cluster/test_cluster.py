@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from servescope.loadgen import stack as stack_cli
+from servescope.cli import kube_stack as stack_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVIDERS = [name for name in ("k3d", "kind", "minikube") if shutil.which(name)]

@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 
-from servescope.loadgen.dashboards import DASHBOARDS, OUTPUT_DIR
-from servescope.loadgen.dashboards.common import panels_of
-from servescope.telemetry.settings import repo_root
+from servescope.cli.paths import repo_root
+from servescope.dashboards import DASHBOARDS, OUTPUT_DIR
+from servescope.dashboards.common import panels_of
 
 # Values Grafana would put in for the template variables.
 VARIABLES = {

@@ -9,10 +9,12 @@ import re
 
 import pytest
 
-from servescope.loadgen.dashboards import DASHBOARDS, OUTPUT_DIR, generators
-from servescope.loadgen.dashboards.common import EXTERNAL_SERIES
-from servescope.loadgen.generate import GENERATORS, generate_all
-from servescope.loadgen.local import PrometheusProcess, free_port
+from servescope.cli.generate import generate_all, generators
+from servescope.cli.local.services import PrometheusProcess, free_port
+from servescope.cli.paths import repo_root
+from servescope.dashboards import DASHBOARDS, OUTPUT_DIR
+from servescope.dashboards import generators as dashboard_generators
+from servescope.dashboards.common import EXTERNAL_SERIES
 from servescope.telemetry.contract import load_contract
 
 from .promql import (
@@ -33,8 +35,8 @@ ALL = dashboards()
 
 def test_every_dashboard_is_a_registered_generated_file() -> None:
     expected = {f"{OUTPUT_DIR}/{name}.json" for name in DASHBOARDS}
-    assert set(generators()) == expected
-    assert expected <= set(GENERATORS)
+    assert set(dashboard_generators(repo_root())) == expected
+    assert expected <= set(generators(repo_root()))
 
 
 def test_committed_json_equals_a_fresh_generation() -> None:
@@ -122,8 +124,6 @@ def test_loki_targets_are_logql_on_the_loki_variable(name: str) -> None:
 def test_fluent_bit_ships_the_labels_the_log_queries_use() -> None:
     import yaml
 
-    from servescope.telemetry.settings import repo_root
-
     values = yaml.safe_load((repo_root() / "deploy/stack/fluent-bit.yaml").read_text())
     (line,) = [
         line.strip() for line in values["config"]["outputs"].splitlines() if "Labels" in line
@@ -194,9 +194,9 @@ def test_the_model_dashboard_has_what_the_issue_asks_for() -> None:
 
 
 def test_the_slo_dashboard_covers_every_slo() -> None:
-    from servescope.loadgen.dashboards.slos import load_slos
+    from servescope.dashboards.slos import load_slos
 
-    slos = load_slos()
+    slos = load_slos((repo_root() / "deploy/prometheus/rules/slos.generated.yml").read_text())
     assert {s.name for s in slos} == {"predictions-availability", "predictions-latency"}
     rows = [p["title"] for p in ALL["servescope-slos"]["panels"] if p["type"] == "row"]
     assert len(rows) == len(slos)
@@ -247,7 +247,7 @@ def test_the_renderer_reads_local_log_lines_for_logs_panels(tmp_path) -> None:
     panel's LogQL (a small subset) selects."""
     import json
 
-    from servescope.loadgen.dashboards.render import read_log_lines
+    from servescope.dashboards.render import read_log_lines
 
     lines = {
         "preprocess": [

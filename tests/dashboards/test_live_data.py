@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from servescope.loadgen.dashboards import DASHBOARDS
-from servescope.loadgen.local import PrometheusProcess, free_port, prometheus_config
+from servescope.cli.local.services import PrometheusProcess, free_port, prometheus_config
+from servescope.cli.paths import heldout_dir
+from servescope.dashboards import DASHBOARDS
 from servescope.loadgen.traffic import LoadConfig, run_load
 
 from .promql import load, prometheus_query, queries, substitute, variable_queries
@@ -33,7 +34,14 @@ def prometheus(module_stack_starter, tmp_path_factory):
     try:
         process.wait_for_targets()
         # Mixed traffic: clean digits plus 20% bad inputs, so rejections and 4xx exist too.
-        config = LoadConfig(url=stack.url, rate=60, duration=4, mix="mixed", bad_fraction=0.2)
+        config = LoadConfig(
+            heldout_dir=heldout_dir(),
+            url=stack.url,
+            rate=60,
+            duration=4,
+            mix="mixed",
+            bad_fraction=0.2,
+        )
         result = asyncio.run(run_load(config, progress=None))
         assert result.ok > 100, result.summary()
         # A few more scrapes and rule evaluations, so every rate() has two points after the
@@ -57,7 +65,7 @@ def test_every_query_returns_data(prometheus, name: str) -> None:
 
 
 def test_the_renderer_draws_every_dashboard(prometheus, tmp_path) -> None:
-    from servescope.loadgen.dashboards.render import render_all
+    from servescope.dashboards.render import render_all
 
     paths = render_all(prometheus.url, tmp_path, minutes=1)
     assert [p.name for p in paths] == [f"{name}.png" for name in DASHBOARDS]

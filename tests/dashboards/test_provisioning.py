@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from servescope.loadgen.dashboards import DASHBOARDS, OUTPUT_DIR
-from servescope.telemetry.settings import repo_root
+from servescope.cli.paths import repo_root
+from servescope.dashboards import DASHBOARDS, OUTPUT_DIR
 
 ROOT = repo_root()
 GRAFANA = ROOT / "deploy" / "local" / "grafana" / "provisioning"

@@ -149,10 +149,10 @@ def test_security_posture_of_every_workload(case, helm):
 
 
 def _served_health_paths() -> set[str]:
-    """The health routes the services really register (servescope.telemetry.health)."""
+    """The health routes the services really register (servescope.runtime.health)."""
     from fastapi import FastAPI
 
-    from servescope.telemetry.health import Health, add_health_routes
+    from servescope.runtime.health import Health, add_health_routes
 
     app = FastAPI()
     add_health_routes(app, Health("probe-check", "0"))
@@ -160,8 +160,8 @@ def _served_health_paths() -> set[str]:
 
 
 def _responder_get_paths() -> set[str]:
-    """The GET routes the alert responder really registers (servescope.loadgen.responder)."""
-    from servescope.loadgen.responder import ResponderSettings, build_app
+    """The GET routes the alert responder really registers (servescope.responder.app)."""
+    from servescope.responder.app import ResponderSettings, build_app
 
     app = build_app(ResponderSettings())
     return {
@@ -220,7 +220,7 @@ def test_memory_limits_leave_headroom_over_the_measured_working_set(helm):
 
 
 def test_termination_grace_covers_prestop_drain_and_in_flight(case, helm):
-    from servescope.loadgen.responder import ResponderSettings
+    from servescope.responder.app import ResponderSettings
 
     name, rendered = case
     for deployment in rendered.of_kind("Deployment"):
@@ -260,7 +260,7 @@ def _settings_fields(component: str) -> set[str]:
     import importlib
 
     if component == "responder":
-        from servescope.loadgen.responder import ResponderSettings
+        from servescope.responder.app import ResponderSettings
 
         prefix = ResponderSettings.model_config["env_prefix"]
         return {f"{prefix}{name.upper()}" for name in ResponderSettings.model_fields}

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from servescope.loadgen import stack as stack_cli
-from servescope.loadgen.responder import ResponderSettings, build_app
+from servescope.cli import kube_stack as stack_cli
+from servescope.responder.app import ResponderSettings, build_app
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "servescope"
@@ -303,7 +303,7 @@ def test_dockerfile_copies_only_loadgen_telemetry_and_the_manifests():
 def test_dockerfile_runs_the_responder_on_all_interfaces_where_the_chart_expects():
     text = DOCKERFILE.read_text()
     (cmd,) = re.findall(r"^CMD (.+)$", text, re.MULTILINE)
-    assert yaml.safe_load(cmd) == ["python", "-m", "servescope.loadgen.responder"]
+    assert yaml.safe_load(cmd) == ["python", "-m", "servescope.responder.app"]
     env = dict(re.findall(r"(SERVESCOPE_RESPONDER_[A-Z_]+)=(\S+)", text))
     assert env["SERVESCOPE_RESPONDER_HOST"] == "0.0.0.0"
     port = VALUES["responder"]["port"]

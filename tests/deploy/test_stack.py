@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from servescope.loadgen import stack as stack_cli
+from servescope.cli import kube_stack as stack_cli
+from servescope.cli.commands import stack as stack_command
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_DIR = ROOT / "deploy" / "stack"
@@ -25,7 +26,7 @@ MANIFEST = yaml.safe_load((STACK_DIR / "stack.yaml").read_text())
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     parser = argparse.ArgumentParser(prog="servescope")
     sub = parser.add_subparsers(dest="command", required=True)
-    stack_cli.add_stack_parser(sub)
+    stack_command.register(sub)
     args = parser.parse_args(argv)
     code = args.func(args)
     return code, capsys.readouterr().out

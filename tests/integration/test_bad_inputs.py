@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from servescope.cli.local.services import LocalStack
+from servescope.cli.paths import heldout_dir
 from servescope.loadgen.inputs import Sample, bad_samples, heldout_samples
-from servescope.loadgen.local import LocalStack
 
 # A hang fails here, with every started process stopped, instead of stalling CI.
 pytestmark = pytest.mark.timeout(90)
@@ -114,7 +115,7 @@ def test_services_keep_serving_after_bad_inputs(
     for sample in bad_samples():
         response = _post(client, sample)
         assert response.status_code == EXPECTED[sample.name][1], (sample.name, response.text)
-    digit = heldout_samples()[0]
+    digit = heldout_samples(heldout_dir())[0]
     response = client.post(
         "/v1/predict", content=digit.body, headers={"content-type": digit.content_type}
     )

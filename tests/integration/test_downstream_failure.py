@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from servescope.cli.paths import heldout_dir
 from servescope.loadgen.inputs import heldout_samples
 
 # A hang fails here, with every started process stopped, instead of stalling CI.
@@ -31,7 +32,7 @@ class Answer:
 
 
 def _predict(client: httpx.Client) -> Answer:
-    digit = heldout_samples()[0]
+    digit = heldout_samples(heldout_dir())[0]
     started = time.monotonic()
     response = client.post(
         "/v1/predict", content=digit.body, headers={"content-type": digit.content_type}
@@ -104,7 +105,7 @@ def test_classifier_killed_then_restarted(start_stack) -> None:
             assert answer.body["kind"] == "classifier_unavailable", answer.body
             time.sleep(0.05)
         assert recovered is not None, "no 200 within 5 s of the classifier being ready again"
-        assert recovered.body["label"] == heldout_samples()[0].label
+        assert recovered.body["label"] == heldout_samples(heldout_dir())[0].label
         assert all(_predict(client).status == 200 for _ in range(5))
 
 

@@ -8,11 +8,12 @@ import time
 import httpx
 import pytest
 
+from servescope.cli.local.services import SERVICES
+from servescope.cli.paths import heldout_dir
 from servescope.loadgen.inputs import heldout_samples
-from servescope.loadgen.local import SERVICES
 
 pytestmark = pytest.mark.slow
-DIGIT = heldout_samples()[0].body
+DIGIT = heldout_samples(heldout_dir())[0].body
 
 
 def predict_seconds(url: str) -> float:
@@ -86,7 +87,7 @@ def test_admin_endpoint_needs_the_token_and_toggles_the_fault(start_stack) -> No
 
 
 def test_an_unknown_fault_step_at_startup_fails_fast(start_stack) -> None:
-    from servescope.loadgen.local import LocalStackError
+    from servescope.cli.local.services import LocalStackError
 
     with pytest.raises(LocalStackError, match="exited during startup"):
         start_stack(

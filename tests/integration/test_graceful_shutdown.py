@@ -12,8 +12,9 @@ import httpx
 import orjson
 import pytest
 
+from servescope.cli.local.services import LocalStack
+from servescope.cli.paths import heldout_dir
 from servescope.loadgen.inputs import heldout_samples
-from servescope.loadgen.local import LocalStack
 
 # A hang fails here, with every started process stopped, instead of stalling CI.
 pytestmark = pytest.mark.timeout(90)
@@ -99,7 +100,7 @@ def test_sigterm_to_preprocess_loses_no_request(start_stack) -> None:
     )
     preprocess = stack.services["preprocess"]
     port = preprocess.port
-    digit = heldout_samples()[0]
+    digit = heldout_samples(heldout_dir())[0]
     burst = Burst()
     deadline = time.monotonic() + BURST_SECONDS
 
@@ -158,7 +159,7 @@ def test_sigterm_to_classifier_loses_no_request(start_stack) -> None:
         env={"classifier": {"SERVESCOPE_DRAIN_SECONDS": str(DRAIN_SECONDS)}}
     )
     classifier = stack.services["classifier"]
-    digit = heldout_samples()[0]
+    digit = heldout_samples(heldout_dir())[0]
     results: list[tuple[float, int, dict]] = []
     lock = threading.Lock()
     deadline = time.monotonic() + BURST_SECONDS

@@ -11,8 +11,9 @@ from collections import defaultdict
 import httpx
 import pytest
 
+from servescope.cli.local.services import SERVICES, LocalStack
+from servescope.cli.paths import heldout_dir
 from servescope.loadgen.inputs import heldout_samples
-from servescope.loadgen.local import SERVICES, LocalStack
 from servescope.loadgen.traffic import LoadConfig, run_load
 from servescope.telemetry.contract import load_contract
 
@@ -38,6 +39,7 @@ def test_sampled_logs_keep_whole_traces_and_every_warning(start_stack) -> None:
         }
     )
     config = LoadConfig(
+        heldout_dir=heldout_dir(),
         url=stack.url,
         rate=2000,
         duration=0,
@@ -53,7 +55,7 @@ def test_sampled_logs_keep_whole_traces_and_every_warning(start_stack) -> None:
     # Errors: the postprocess stage gone, so the edge answers 503 and logs at ERROR.
     stack.services["postprocess"].stop()
     failures = 20
-    for sample in heldout_samples()[:failures]:
+    for sample in heldout_samples(heldout_dir())[:failures]:
         response = httpx.post(
             stack.url + "/v1/predict", content=sample.body, headers={"Content-Type": "image/png"}
         )
@@ -106,7 +108,7 @@ def test_sampled_logs_keep_whole_traces_and_every_warning(start_stack) -> None:
 def test_every_log_field_is_declared_and_no_payload_leaks(start_stack) -> None:
     stack = start_stack(env={"*": {"SERVESCOPE_LOG_INFO_SAMPLE_RATIO": "1.0"}})
     secret_marker = b"PAYLOAD-MARKER-123"
-    digit = heldout_samples()[0].body
+    digit = heldout_samples(heldout_dir())[0].body
     httpx.post(stack.url + "/v1/predict", content=digit, headers={"Content-Type": "image/png"})
     httpx.post(
         stack.url + "/v1/predict", content=secret_marker, headers={"Content-Type": "image/png"}

@@ -16,14 +16,15 @@ from fastapi.testclient import TestClient
 from prometheus_client import Counter
 
 from servescope.classifier.drift import THRESHOLDS
+from servescope.cli.contract_check import check_exposition, family_names
+from servescope.cli.local.services import SERVICES, LocalStack
+from servescope.cli.paths import heldout_dir
 from servescope.loadgen.inputs import heldout_samples
-from servescope.loadgen.local import SERVICES, LocalStack
 from servescope.loadgen.traffic import LoadConfig, run_load
 from servescope.postprocess.app import create_app as create_postprocess
 from servescope.postprocess.settings import Settings as PostprocessSettings
+from servescope.runtime.health import Health
 from servescope.telemetry.contract import MetricSpec, load_contract
-from servescope.telemetry.contract_check import check_exposition, family_names
-from servescope.telemetry.health import Health
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,14 @@ def scrape(stack: LocalStack, name: str, openmetrics: bool = False) -> str:
 
 def send(stack: LocalStack, mix: str, requests: int, seed: int = 0) -> None:
     config = LoadConfig(
-        url=stack.url, rate=1000, duration=0, requests=requests, mix=mix, concurrency=4, seed=seed
+        heldout_dir=heldout_dir(),
+        url=stack.url,
+        rate=1000,
+        duration=0,
+        requests=requests,
+        mix=mix,
+        concurrency=4,
+        seed=seed,
     )
     result = asyncio.run(run_load(config, progress=None))
     assert result.sent == requests
@@ -107,7 +115,7 @@ def test_exemplars_carry_the_callers_trace_id(busy_stack: LocalStack) -> None:
     trace_id = uuid.uuid4().hex
     response = httpx.post(
         busy_stack.url + "/v1/predict",
-        content=heldout_samples()[0].body,
+        content=heldout_samples(heldout_dir())[0].body,
         headers={"Content-Type": "image/png", "traceparent": f"00-{trace_id}-{'1' * 16}-01"},
     )
     assert response.status_code == 200

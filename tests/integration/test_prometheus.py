@@ -10,8 +10,9 @@ import uuid
 import httpx
 import pytest
 
+from servescope.cli.local.services import PrometheusProcess, free_port, prometheus_config
+from servescope.cli.paths import heldout_dir
 from servescope.loadgen.inputs import heldout_samples
-from servescope.loadgen.local import PrometheusProcess, free_port, prometheus_config
 from servescope.loadgen.traffic import LoadConfig, run_load
 
 pytestmark = pytest.mark.slow
@@ -36,13 +37,20 @@ def observed(module_stack_starter, tmp_path_factory):
         for trace_id in trace_ids:
             httpx.post(
                 stack.url + "/v1/predict",
-                content=heldout_samples()[1].body,
+                content=heldout_samples(heldout_dir())[1].body,
                 headers={
                     "Content-Type": "image/png",
                     "traceparent": f"00-{trace_id}-{'2' * 16}-01",
                 },
             ).raise_for_status()
-        config = LoadConfig(url=stack.url, rate=60, duration=4, mix="mixed", bad_fraction=0.2)
+        config = LoadConfig(
+            heldout_dir=heldout_dir(),
+            url=stack.url,
+            rate=60,
+            duration=4,
+            mix="mixed",
+            bad_fraction=0.2,
+        )
         result = asyncio.run(run_load(config, progress=None))
         assert result.ok > 100
         time.sleep(3)  # a few more scrapes, so every rate() has two points after the traffic

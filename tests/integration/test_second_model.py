@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from servescope.loadgen.local import LocalStack
+from servescope.cli.local.services import LocalStack
 
 # A hang fails here, with every started process stopped, instead of stalling CI.
 pytestmark = pytest.mark.timeout(90)

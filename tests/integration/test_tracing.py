@@ -17,8 +17,9 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
+from servescope.cli.local.services import free_port
+from servescope.cli.paths import heldout_dir
 from servescope.loadgen.inputs import heldout_samples
-from servescope.loadgen.local import free_port
 from servescope.telemetry.contract import load_contract
 
 pytestmark = pytest.mark.slow
@@ -112,7 +113,7 @@ def wait_for(collected: Collected, predicate, timeout: float = 15.0) -> None:
 
 def test_one_request_is_one_trace_across_three_services(traced) -> None:
     stack, collected = traced
-    for sample in heldout_samples()[:REQUESTS]:
+    for sample in heldout_samples(heldout_dir())[:REQUESTS]:
         response = httpx.post(
             stack.url + "/v1/predict", content=sample.body, headers={"Content-Type": "image/png"}
         )
@@ -165,7 +166,7 @@ def test_span_names_and_attributes_are_in_the_contract(traced) -> None:
     stack, collected = traced
     httpx.post(
         stack.url + "/v1/predict",
-        content=heldout_samples()[0].body,
+        content=heldout_samples(heldout_dir())[0].body,
         headers={"Content-Type": "image/png"},
     )
     httpx.post(stack.url + "/v1/predict", content=b"nope", headers={"Content-Type": "image/png"})
@@ -213,7 +214,7 @@ def test_trace_slowest_names_the_faulty_service_and_step(start_stack, tmp_path) 
             }
         }
     )
-    for sample in heldout_samples()[:3]:
+    for sample in heldout_samples(heldout_dir())[:3]:
         httpx.post(
             stack.url + "/v1/predict", content=sample.body, headers={"Content-Type": "image/png"}
         )
@@ -222,7 +223,7 @@ def test_trace_slowest_names_the_faulty_service_and_step(start_stack, tmp_path) 
         [
             sys.executable,
             "-m",
-            "servescope.loadgen",
+            "servescope.cli",
             "trace",
             "--slowest",
             "1",

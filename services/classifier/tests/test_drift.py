@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from servescope.classifier.drift import THRESHOLDS, DriftMonitor, DriftReference, psi
-from servescope.telemetry.settings import bundled_model_dir
+from servescope.cli.paths import bundled_model_dir
 
 CARD = json.loads((bundled_model_dir() / "model-card.json").read_text())
 MEAN = CARD["input"]["normalisation"]["mean"]

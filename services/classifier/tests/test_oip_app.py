@@ -16,7 +16,7 @@ from PIL import Image
 
 from servescope.classifier.app import create_app
 from servescope.classifier.settings import Settings
-from servescope.telemetry.health import Health
+from servescope.runtime.health import Health
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
 CARD = json.loads((MODEL_DIR / "model-card.json").read_text())

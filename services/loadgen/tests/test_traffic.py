@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 from aiohttp import web
 
+from servescope.cli.paths import heldout_dir
 from servescope.loadgen.inputs import bad_samples, heldout_samples
 from servescope.loadgen.traffic import LoadConfig, LoadResult, run_load
 
@@ -87,7 +88,9 @@ async def _run(config_kwargs: dict) -> tuple[LoadResult, StubEdge, str]:
     port = runner.addresses[0][1]
     progress = io.StringIO()
     try:
-        config = LoadConfig(url=f"http://127.0.0.1:{port}/", **config_kwargs)
+        config = LoadConfig(
+            heldout_dir=heldout_dir(), url=f"http://127.0.0.1:{port}/", **config_kwargs
+        )
         result = await run_load(config, progress)
     finally:
         await runner.cleanup()
@@ -98,7 +101,7 @@ def test_normal_traffic_sends_labelled_digits() -> None:
     result, stub, progress = asyncio.run(
         _run({"rate": 400.0, "duration": 0, "requests": 30, "concurrency": 4})
     )
-    digits = {s.body: s.label for s in heldout_samples()}
+    digits = {s.body: s.label for s in heldout_samples(heldout_dir())}
     assert result.sent == 30
     assert len(stub.received) == 30
     assert all(ctype == "image/png" and body in digits for ctype, body in stub.received)
@@ -130,7 +133,11 @@ def test_bad_traffic_is_counted_by_status_and_kind() -> None:
 def test_unreachable_target_counts_connection_errors() -> None:
     async def scenario() -> LoadResult:
         config = LoadConfig(
-            url=f"http://127.0.0.1:{closed_port()}", rate=200.0, duration=0, requests=3
+            heldout_dir=heldout_dir(),
+            url=f"http://127.0.0.1:{closed_port()}",
+            rate=200.0,
+            duration=0,
+            requests=3,
         )
         return await run_load(config, None)
 
@@ -143,4 +150,8 @@ def test_unreachable_target_counts_connection_errors() -> None:
 
 def test_unknown_mix_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown mix"):
-        asyncio.run(run_load(LoadConfig(url="http://127.0.0.1:9", mix="chaos"), None))
+        asyncio.run(
+            run_load(
+                LoadConfig(heldout_dir=heldout_dir(), url="http://127.0.0.1:9", mix="chaos"), None
+            )
+        )

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from servescope.postprocess.app import create_app
 from servescope.postprocess.settings import Settings
-from servescope.telemetry.health import Health
+from servescope.runtime.health import Health
 
 CARD_PATH = Path(__file__).resolve().parents[2] / "classifier" / "model" / "model-card.json"
 CARD = json.loads(CARD_PATH.read_text())

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from servescope.preprocess.app import create_app
 from servescope.preprocess.settings import Settings
-from servescope.telemetry.health import Health
+from servescope.runtime.health import Health
 
 PNG = (Path(__file__).resolve().parents[2] / "classifier/model/heldout/0000_7.png").read_bytes()
 

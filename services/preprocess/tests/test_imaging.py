@@ -18,7 +18,7 @@ from servescope.classifier.model import load_model
 from servescope.loadgen.inputs import png_bomb
 from servescope.preprocess.imaging import ImageLimits, InputSpec, decode_image, to_tensor
 from servescope.preprocess.settings import Settings
-from servescope.telemetry.errors import ServiceError
+from servescope.runtime.errors import ServiceError
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "classifier" / "model"
 CARD = json.loads((MODEL_DIR / "model-card.json").read_text())

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from servescope.preprocess.upload import extract_image
-from servescope.telemetry.errors import ServiceError
+from servescope.runtime.errors import ServiceError
 
 HELDOUT = Path(__file__).resolve().parents[2] / "classifier" / "model" / "heldout"
 # A real PNG: binary, with bytes that look like line ends and dashes inside.

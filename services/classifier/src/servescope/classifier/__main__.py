@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from servescope.classifier.app import create_app
 from servescope.classifier.settings import Settings
-from servescope.telemetry.server import run_service
+from servescope.runtime.server import run_service
 
 
 def main() -> None:

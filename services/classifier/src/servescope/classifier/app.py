@@ -18,12 +18,12 @@ from servescope.classifier import oip
 from servescope.classifier.drift import THRESHOLDS, DriftMonitor, DriftReference
 from servescope.classifier.model import LoadedModel, ModelLoadError, load_model
 from servescope.classifier.settings import Settings
-from servescope.telemetry.bodies import read_body
-from servescope.telemetry.errors import ServiceError
-from servescope.telemetry.health import Health
-from servescope.telemetry.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
+from servescope.runtime.bodies import read_body
+from servescope.runtime.errors import ServiceError
+from servescope.runtime.health import Health
+from servescope.runtime.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
+from servescope.runtime.responses import JSONResponse
 from servescope.telemetry.metrics import ServiceMetrics, observe
-from servescope.telemetry.responses import JSONResponse
 from servescope.telemetry.tracing import step_span
 
 log = structlog.get_logger()

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 
 from servescope.classifier.model import OIP_TO_NUMPY, LoadedModel
-from servescope.telemetry.errors import ServiceError
+from servescope.runtime.errors import ServiceError
 
 
 def _bad(message: str, kind: str = "invalid_tensor") -> ServiceError:

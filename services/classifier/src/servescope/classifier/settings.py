@@ -6,14 +6,15 @@ from pathlib import Path
 
 from pydantic import Field
 
-from servescope.telemetry.settings import CommonSettings, bundled_model_dir
+from servescope.runtime.settings import CommonSettings
 
 
 class Settings(CommonSettings):
     service_name: str = "classifier"
     port: int = Field(8001, ge=0, le=65535)
+    # Required: the service never guesses where the repository is. Local mode and the image
+    # set it (the bundled model is services/classifier/model/digits-cnn.onnx).
     model_path: Path = Field(
-        default_factory=lambda: bundled_model_dir() / "digits-cnn.onnx",
         description="Any ONNX model; name, version and preprocessing hints come from its "
         "metadata_props (servescope.*) when present.",
     )

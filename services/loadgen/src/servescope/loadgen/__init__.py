@@ -1,1 +1,1 @@
-"""The `servescope` command: local mode, predictions and the traffic generator."""
+"""The traffic generator: held-out digits, bad inputs and drifted inputs, sent at a rate."""

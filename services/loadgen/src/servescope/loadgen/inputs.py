@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from servescope.telemetry.settings import bundled_model_dir
-
 
 @dataclass(frozen=True)
 class Sample:
@@ -29,13 +27,9 @@ class Sample:
     label: str | None = None  # the true label, for held-out digits
 
 
-def heldout_dir() -> Path:
-    return bundled_model_dir() / "heldout"
-
-
 @functools.cache
-def heldout_samples(directory: Path | None = None) -> tuple[Sample, ...]:
-    directory = directory or heldout_dir()
+def heldout_samples(directory: Path) -> tuple[Sample, ...]:
+    """The model's held-out digits (a directory with labels.csv), labelled for accuracy."""
     with (directory / "labels.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     return tuple(
@@ -85,7 +79,8 @@ def _animated_gif() -> bytes:
 
 @functools.cache
 def bad_samples(max_body_bytes: int = 4 * 1024 * 1024) -> tuple[Sample, ...]:
-    digit = heldout_samples()[0].body
+    # Any valid PNG serves to truncate or mislabel; the held-out digits are not needed.
+    digit = _png(Image.new("L", (8, 8), 128))
     return (
         Sample("empty_body", b"", "image/png"),
         Sample("text", b"this is not an image", "text/plain"),
@@ -115,7 +110,7 @@ DRIFT_KINDS = ("inverted", "noisy", "rotated")
 
 
 @functools.cache
-def drift_samples(seed: int = 0) -> tuple[Sample, ...]:
+def drift_samples(directory: Path, seed: int = 0) -> tuple[Sample, ...]:
     """Held-out digits shifted away from the training data: inverted, noisy and rotated.
 
     Inverted and noisy digits move the pixel-intensity histogram (pixel_psi); rotated ones
@@ -128,5 +123,5 @@ def drift_samples(seed: int = 0) -> tuple[Sample, ...]:
             _shifted(sample.body, DRIFT_KINDS[i % 3], rng),
             "image/png",
         )
-        for i, sample in enumerate(heldout_samples())
+        for i, sample in enumerate(heldout_samples(directory))
     )

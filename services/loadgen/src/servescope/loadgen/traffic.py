@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 import aiohttp
@@ -27,6 +28,7 @@ MIXES = ("normal", "bad", "mixed", "drift")
 @dataclass
 class LoadConfig:
     url: str
+    heldout_dir: Path  # the model's held-out digits (labels.csv and PNGs)
     rate: float = 5.0
     duration: float = 10.0  # seconds; 0 = until interrupted or `requests` is reached
     requests: int = 0  # 0 = no limit
@@ -73,14 +75,14 @@ class LoadResult:
 
 def _samples(config: LoadConfig) -> itertools.cycle[Sample]:
     rng = random.Random(config.seed)
-    normal = list(heldout_samples())
+    normal = list(heldout_samples(config.heldout_dir))
     bad = list(bad_samples())
     if config.mix == "normal":
         pool = normal
     elif config.mix == "bad":
         pool = bad
     elif config.mix == "drift":
-        pool = list(drift_samples(config.seed))
+        pool = list(drift_samples(config.heldout_dir, config.seed))
     else:
         count = max(1, round(len(normal) * config.bad_fraction / (1 - config.bad_fraction)))
         pool = normal + [bad[i % len(bad)] for i in range(count)]

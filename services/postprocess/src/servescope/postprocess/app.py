@@ -15,12 +15,12 @@ from pydantic import BaseModel, Field, ValidationError
 from servescope.postprocess.cards import CardInfo, ModelCardError, load_cards
 from servescope.postprocess.scoring import labels_for, score
 from servescope.postprocess.settings import Settings
-from servescope.telemetry.bodies import read_body
-from servescope.telemetry.errors import ServiceError
-from servescope.telemetry.health import Health
-from servescope.telemetry.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
+from servescope.runtime.bodies import read_body
+from servescope.runtime.errors import ServiceError
+from servescope.runtime.health import Health
+from servescope.runtime.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
+from servescope.runtime.responses import JSONResponse
 from servescope.telemetry.metrics import ServiceMetrics
-from servescope.telemetry.responses import JSONResponse
 from servescope.telemetry.tracing import step_span
 
 log = structlog.get_logger()

@@ -6,14 +6,15 @@ from pathlib import Path
 
 from pydantic import Field
 
-from servescope.telemetry.settings import CommonSettings, bundled_model_dir
+from servescope.runtime.settings import CommonSettings
 
 
 class Settings(CommonSettings):
     service_name: str = "postprocess"
     port: int = Field(8002, ge=0, le=65535)
+    # Required, like the classifier's model: local mode and the image set it.
     model_cards: list[Path] = Field(
-        default_factory=lambda: [bundled_model_dir() / "model-card.json"],
+        min_length=1,
         description="Model card JSON files (a JSON list in the environment); labels and the "
         "calibration temperature of each model come from its card.",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from servescope.preprocess.app import create_app
 from servescope.preprocess.settings import Settings
-from servescope.telemetry.server import run_service
+from servescope.runtime.server import run_service
 
 
 def main() -> None:

@@ -14,12 +14,12 @@ from servescope.preprocess import downstream
 from servescope.preprocess.pipeline import Pipeline
 from servescope.preprocess.settings import Settings
 from servescope.preprocess.upload import extract_image
-from servescope.telemetry.bodies import read_body
-from servescope.telemetry.errors import ServiceError
-from servescope.telemetry.health import Health
-from servescope.telemetry.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
+from servescope.runtime.bodies import read_body
+from servescope.runtime.errors import ServiceError
+from servescope.runtime.health import Health
+from servescope.runtime.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
+from servescope.runtime.responses import JSONResponse
 from servescope.telemetry.metrics import ServiceMetrics
-from servescope.telemetry.responses import JSONResponse
 
 
 def create_app(settings: Settings, health: Health) -> FastAPI:

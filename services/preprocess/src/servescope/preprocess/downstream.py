@@ -21,7 +21,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from yarl import URL
 
-from servescope.telemetry.errors import ServiceError
+from servescope.runtime.errors import ServiceError
 from servescope.telemetry.tracing import tracer
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from servescope.telemetry.errors import ServiceError
+from servescope.runtime.errors import ServiceError
 
 ACCEPTED_FORMATS = {"PNG", "JPEG"}
 # Formats Pillow may identify so that we can name them in the error; never decoded.

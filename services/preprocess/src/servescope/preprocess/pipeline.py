@@ -16,8 +16,8 @@ import structlog
 from servescope.preprocess import downstream
 from servescope.preprocess.imaging import ImageLimits, InputSpec, decode_image, normalise, resize
 from servescope.preprocess.settings import Settings
-from servescope.telemetry.errors import ServiceError
-from servescope.telemetry.faults import Faults
+from servescope.runtime.errors import ServiceError
+from servescope.runtime.faults import Faults
 from servescope.telemetry.metrics import ServiceMetrics, observe
 from servescope.telemetry.tracing import step_span
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from servescope.telemetry.settings import CommonSettings
+from servescope.runtime.settings import CommonSettings
 
 
 class Settings(CommonSettings):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from servescope.telemetry.errors import ServiceError
+from servescope.runtime.errors import ServiceError
 
 RAW_IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg"}
 ACCEPTED = "image/png, image/jpeg, or multipart/form-data with one image file"

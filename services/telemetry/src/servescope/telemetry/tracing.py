@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from servescope.telemetry.settings import CommonSettings
+from servescope.telemetry.settings import TelemetrySettings
 
 TRACER_NAME = "servescope"
 
@@ -90,7 +90,7 @@ def _otlp_exporter() -> SpanExporter:
     return HTTPSpanExporter()
 
 
-def configure_tracing(settings: CommonSettings) -> TracerProvider | None:
+def configure_tracing(settings: TelemetrySettings) -> TracerProvider | None:
     """Install the SDK tracer provider for this process; None when telemetry is off."""
     if not settings.telemetry_enabled or os.environ.get("OTEL_SDK_DISABLED") == "true":
         return None

@@ -1,0 +1,1 @@
+"""The alert responder: Alertmanager webhook in, diagnosis against Prometheus, incident note out."""

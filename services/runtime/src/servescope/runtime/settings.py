@@ -1,0 +1,42 @@
+"""Settings every service shares. Each service subclasses `CommonSettings` in its own
+settings module, which is the only place that service reads its environment."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from servescope.telemetry.settings import TelemetrySettings
+
+
+class CommonSettings(TelemetrySettings):
+    """Server, logging and shutdown settings, read from `SERVESCOPE_*` variables."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; containers set 0.0.0.0.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = Field(
+        "json", description="json for machines (the default), console for humans."
+    )
+    drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "After SIGTERM, keep serving this long while reporting not ready, so load "
+            "balancers stop sending new work before the listener closes."
+        ),
+    )
+    graceful_timeout_seconds: float = Field(
+        20.0, gt=0, description="Longest wait for in-flight requests after the listener closes."
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Enables /admin/faults, guarded by this bearer token. Unset: no admin routes.",
+    )
+    fault_stage: str | None = Field(
+        None, description="Step to slow down at startup (preprocess: decode, resize, normalise)."
+    )
+    fault_delay_seconds: float = Field(
+        0.0, ge=0, le=30, description="Extra delay in fault_stage; 0 = no fault."
+    )

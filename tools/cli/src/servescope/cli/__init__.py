@@ -1,0 +1,1 @@
+"""The `servescope` command: one module per subcommand (commands/), local mode (local/)."""

@@ -1,0 +1,354 @@
+"""Local mode: the three services as real processes on 127.0.0.1.
+
+`servescope up` and the integration tests start the stack through this one module, so what
+the tests exercise is exactly what a learner runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from servescope.cli.paths import bundled_model, bundled_model_card, repo_root
+
+# Start order: the edge last, so it finds its downstreams already listening.
+SERVICES = ("classifier", "postprocess", "preprocess")
+DEFAULT_PORTS = {"preprocess": 8000, "classifier": 8001, "postprocess": 8002}
+
+
+class LocalStackError(RuntimeError):
+    """Something stops local mode from starting; the message says what to do."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
+    """(status, body) of a GET; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (our URLs)
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def wait_until_ready(
+    url: str, process: subprocess.Popen[bytes], name: str, log: Path, timeout: float
+) -> None:
+    """Poll `url` until it answers 200; fail at once if the process dies, or at `timeout`."""
+    deadline = time.monotonic() + timeout
+    while http_get(url, timeout=0.5)[0] != 200:
+        if process.poll() is not None:
+            raise LocalStackError(f"{name} exited (code {process.returncode}); see {log}")
+        if time.monotonic() > deadline:
+            raise LocalStackError(f"{name} not ready after {timeout:.0f} s; see {log}")
+        time.sleep(0.05)
+
+
+def stop_process(
+    process: subprocess.Popen[bytes] | None, timeout: float = 15.0, sig: int = signal.SIGTERM
+) -> int | None:
+    """Signal a process we started, by its PID, and wait; SIGKILL if it overstays `timeout`."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    log_path: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        if self.running():
+            return
+        if not port_is_free(self.port):
+            raise LocalStackError(
+                f"port {self.port} for {self.name} is taken; stop what uses it "
+                f"(`ss -ltnp 'sport = :{self.port}'` shows it) or pick another port"
+            )
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"servescope.{self.name}"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until /readyz answers 200; LocalStackError if the process dies or time runs out."""
+        if self.process is None:
+            raise LocalStackError(f"{self.name} was never started")
+        wait_until_ready(self.url + "/readyz", self.process, self.name, self.log_path, timeout)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def send_signal(self, sig: int) -> None:
+        if self.running() and self.process is not None:
+            self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int | None:
+        return stop_process(self.process, timeout, sig)
+
+
+PROMETHEUS_INSTALL_HINT = (
+    "Prometheus is not installed, so local mode runs without it. On Debian or Ubuntu: "
+    "sudo apt-get install prometheus (or run `make up`, which installs it where it can)."
+)
+
+
+def prometheus_config(
+    ports: dict[str, int],
+    prometheus_port: int,
+    scrape_interval: str | None = None,
+    alertmanager_port: int | None = None,
+) -> dict[str, Any]:
+    """deploy/local/prometheus.yml with the targets moved to the ports actually used.
+
+    With `alertmanager_port`, alerts go to the Alertmanager on that port of 127.0.0.1.
+    """
+    source = repo_root() / "deploy" / "local" / "prometheus.yml"
+    config: dict[str, Any] = yaml.safe_load(source.read_text())
+    # Rule files are written relative to deploy/local/; the generated copy lives in .run/.
+    config["rule_files"] = [
+        str((source.parent / pattern).resolve()) for pattern in config.get("rule_files") or []
+    ]
+    for job in config["scrape_configs"]:
+        port = prometheus_port if job["job_name"] == "prometheus" else ports[job["job_name"]]
+        for static in job["static_configs"]:
+            static["targets"] = [f"127.0.0.1:{port}"]
+    if alertmanager_port is not None:
+        for alertmanager in config.get("alerting", {}).get("alertmanagers", []):
+            for static in alertmanager.get("static_configs", []):
+                static["targets"] = [f"127.0.0.1:{alertmanager_port}"]
+    if scrape_interval:
+        config["global"]["scrape_interval"] = scrape_interval
+        config["global"]["evaluation_interval"] = scrape_interval
+        config["global"]["scrape_timeout"] = scrape_interval
+    return config
+
+
+@dataclass
+class PrometheusProcess:
+    """A real Prometheus (Debian's binary) scraping the local services."""
+
+    port: int
+    run_dir: Path
+    config: dict[str, Any]
+    binary: str = "prometheus"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "prometheus.log"
+
+    @staticmethod
+    def available(binary: str = "prometheus") -> bool:
+        return shutil.which(binary) is not None
+
+    def start(self, timeout: float = 30.0) -> None:
+        if not self.available(self.binary):
+            raise LocalStackError(PROMETHEUS_INSTALL_HINT)
+        if not port_is_free(self.port):
+            raise LocalStackError(f"port {self.port} for Prometheus is taken; pick another")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.run_dir / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        data = self.run_dir / "prometheus-data"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    f"--config.file={config_path}",
+                    f"--storage.tsdb.path={data}",
+                    "--storage.tsdb.retention.time=1d",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--enable-feature=exemplar-storage",
+                    "--web.enable-lifecycle",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        try:
+            wait_until_ready(
+                self.url + "/-/ready", self.process, "Prometheus", self.log_path, timeout
+            )
+        except LocalStackError:
+            self.stop()
+            raise
+
+    def wait_for_targets(self, timeout: float = 30.0) -> None:
+        """Block until every scrape target has been scraped successfully once.
+
+        Prometheus hands discovered targets to its scrapers in batches every 5 s, so the
+        first scrape can come several seconds after /-/ready.
+        """
+        deadline = time.monotonic() + timeout
+        expected = len(self.config["scrape_configs"])
+        while True:
+            status, body = http_get(self.url + "/api/v1/targets?state=active", timeout=2)
+            if status == 200:
+                targets = json.loads(body)["data"]["activeTargets"]
+                if len(targets) >= expected and all(t["health"] == "up" for t in targets):
+                    return
+            if time.monotonic() > deadline:
+                raise LocalStackError(f"Prometheus targets not all up after {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        return stop_process(self.process, timeout)
+
+
+@dataclass
+class LocalStack:
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    run_dir: Path = field(default_factory=lambda: Path(".run"))
+    # Extra environment per service (or "*" for all), e.g. a second model for the classifier.
+    env: dict[str, dict[str, str]] = field(default_factory=dict)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SERVESCOPE_")}
+        for name in SERVICES:
+            env = {
+                **base,
+                "SERVESCOPE_PORT": str(self.ports[name]),
+                "SERVESCOPE_HOST": "127.0.0.1",
+                "SERVESCOPE_CLASSIFIER_URL": f"http://127.0.0.1:{self.ports['classifier']}",
+                "SERVESCOPE_POSTPROCESS_URL": f"http://127.0.0.1:{self.ports['postprocess']}",
+                # Services never look for the repository: local mode passes the model in.
+                "SERVESCOPE_MODEL_PATH": str(bundled_model()),
+                "SERVESCOPE_MODEL_CARDS": json.dumps([str(bundled_model_card())]),
+                **self.env.get("*", {}),
+                **self.env.get(name, {}),
+            }
+            self.services[name] = ServiceProcess(
+                name, self.ports[name], self.run_dir / f"{name}.log", env
+            )
+
+    @property
+    def url(self) -> str:
+        """The public edge."""
+        return self.services["preprocess"].url
+
+    def check_ports(self) -> None:
+        taken = [f"{n} ({s.port})" for n, s in self.services.items() if not port_is_free(s.port)]
+        if taken:
+            raise LocalStackError(
+                "ports already in use: "
+                + ", ".join(taken)
+                + ". Stop whatever holds them (is another `servescope up` running?) or choose "
+                "other ports with --port-preprocess/--port-classifier/--port-postprocess."
+            )
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.check_ports()
+        try:
+            for name in SERVICES:
+                self.services[name].start()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float = 30.0, names: tuple[str, ...] = SERVICES) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(names)
+        while pending:
+            for name in list(pending):
+                service = self.services[name]
+                if not service.running():
+                    raise LocalStackError(
+                        f"{name} exited during startup (code {service.process.returncode if service.process else '?'}); "
+                        f"last lines of {service.log_path}:\n{service.log_tail()}"
+                    )
+                if http_get(service.url + "/readyz", timeout=0.5)[0] == 200:
+                    pending.remove(name)
+            if pending and time.monotonic() > deadline:
+                raise LocalStackError(
+                    f"not ready after {timeout:.0f} s: {', '.join(pending)}; see "
+                    + ", ".join(str(self.services[n].log_path) for n in pending)
+                )
+            if pending:
+                time.sleep(0.05)
+
+    def stop(self, timeout: float = 15.0) -> dict[str, int | None]:
+        codes: dict[str, int | None] = {}
+        # The edge first, so nothing new reaches the downstreams while they drain.
+        for name in reversed(SERVICES):
+            with contextlib.suppress(Exception):
+                codes[name] = self.services[name].stop(timeout)
+        return codes
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
