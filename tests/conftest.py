@@ -38,7 +38,7 @@ def _start(
                 stack.start(timeout=30)
             else:
                 for name in names:
-                    stack.services[name].start()
+                    stack.services[name].launch()
                 stack.wait_ready(30, names)
         except LocalStackError as exc:
             stack.stop()

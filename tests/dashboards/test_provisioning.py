@@ -43,9 +43,12 @@ def test_the_chart_links_the_dashboards_folder() -> None:
     link = ROOT / "deploy" / "helm" / "servescope" / "files" / "dashboards"
     assert link.is_symlink(), "files/dashboards must link to dashboards/, not copy it"
     assert link.resolve() == (ROOT / OUTPUT_DIR).resolve()
-    # Nothing but the dashboards' JSON (and their README) ships in the chart.
+    # The member's code sits beside the JSON; .helmignore keeps it out of the chart package.
     names = {p.name for p in link.iterdir()}
-    assert names - {"README.md"} == {f"{name}.json" for name in DASHBOARDS}
+    code = {"README.md", "pyproject.toml", "src"}
+    assert names - code == {f"{name}.json" for name in DASHBOARDS}
+    ignored = (ROOT / "deploy" / "helm" / "servescope" / ".helmignore").read_text().split()
+    assert {"files/dashboards/src/", "files/dashboards/pyproject.toml"} <= set(ignored)
 
 
 # A line logged inside a span by the services' own logging setup; stderr gets the trace id.

@@ -144,7 +144,7 @@ def test_unreadable_model_exits_non_zero(start_stack, tmp_path: Path, problem: s
         model_path.write_bytes(b"this is not an ONNX protobuf at all" * 10)
     stack = start_stack.unstarted(env={"classifier": {"SERVESCOPE_MODEL_PATH": str(model_path)}})
     classifier = stack.services["classifier"]
-    classifier.start()
+    classifier.launch()
     assert classifier.process is not None
     code = classifier.process.wait(timeout=30)
     assert code != 0

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from servescope.cli.local.services import free_port, http_get, stop_process
+from servescope.cli.local.process import free_port, http_get, stop_process
 
 MODEL_NAME = "digits-cnn"
 VENV_COMMAND = ("python3", "-m", "venv")

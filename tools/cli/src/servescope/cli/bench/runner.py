@@ -38,7 +38,7 @@ import numpy as np
 
 from servescope.cli.bench.peers import PEER_CONFIGS, PEERS, PeerServer, install_peer, start_peer
 from servescope.cli.local.services import SERVICES, LocalStack, ServiceProcess, free_port
-from servescope.cli.paths import bundled_model_dir, heldout_dir, repo_root
+from servescope.cli.paths import bundled_model, bundled_model_dir, heldout_dir, repo_root
 from servescope.loadgen.inputs import heldout_samples
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -347,11 +347,16 @@ def run_bench(
         alone = ServiceProcess(
             "classifier",
             port,
-            workdir / "alone" / "classifier.log",
-            {**base, "SERVESCOPE_PORT": str(port), "SERVESCOPE_HOST": "127.0.0.1", **common},
+            workdir / "alone",
+            {
+                **base,
+                "SERVESCOPE_PORT": str(port),
+                "SERVESCOPE_HOST": "127.0.0.1",
+                "SERVESCOPE_MODEL_PATH": str(bundled_model()),
+                **common,
+            },
         )
         alone.start()
-        alone.wait_ready()
         status, answer = _post(f"{alone.url}/v2/models/{MODEL_NAME}/infer", infer_body)
         if status != 200:
             raise RuntimeError(f"the classifier rejected the bench payload ({status}): {answer!r}")

@@ -12,22 +12,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import shutil
-import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from servescope.cli.local.services import (
-    LocalStackError,
-    http_get,
-    port_is_free,
-    stop_process,
-    wait_until_ready,
-)
+from servescope.cli.local.process import LocalStackError, ManagedProcess, http_get
 from servescope.cli.paths import repo_root
 
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
@@ -67,59 +61,38 @@ def alertmanager_config(responder_port: int | None = None, fast: bool = False) -
     return config
 
 
-@dataclass
-class AlertmanagerProcess:
+class AlertmanagerProcess(ManagedProcess):
     """A real Alertmanager (Debian's binary), single node, on 127.0.0.1."""
 
-    port: int
-    run_dir: Path
-    config: dict[str, Any]
-    binary: str | None = None
-    process: subprocess.Popen[bytes] | None = None
-    name: str = "alertmanager"
+    ready_path = "/-/ready"
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / "alertmanager.log"
+    def __init__(
+        self, port: int, run_dir: Path, config: dict[str, Any], binary: str | None = None
+    ) -> None:
+        super().__init__("alertmanager", port, run_dir)
+        self.config = config
+        self.binary = binary
 
     @staticmethod
     def available() -> bool:
         return alertmanager_binary() is not None
 
-    def start(self, timeout: float = 30.0) -> None:
-        binary = self.binary or alertmanager_binary()
-        if binary is None:
+    def prepare(self) -> None:
+        self.binary = self.binary or alertmanager_binary()
+        if self.binary is None:
             raise LocalStackError(ALERTMANAGER_INSTALL_HINT)
-        if not port_is_free(self.port):
-            raise LocalStackError(f"port {self.port} for Alertmanager is taken; pick another")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        config_path = self.run_dir / "alertmanager.yml"
-        config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config_path}",
-                    f"--storage.path={self.run_dir / 'alertmanager-data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    # Single node: no gossip listener on 0.0.0.0:9094.
-                    "--cluster.listen-address=",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        try:
-            wait_until_ready(
-                self.url + "/-/ready", self.process, "Alertmanager", self.log_path, timeout
-            )
-        except LocalStackError:
-            self.stop()
-            raise
+        (self.run_dir / "alertmanager.yml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    def command(self) -> list[str]:
+        assert self.binary is not None  # prepare() found it
+        return [
+            self.binary,
+            f"--config.file={self.run_dir / 'alertmanager.yml'}",
+            f"--storage.path={self.run_dir / 'alertmanager-data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            # Single node: no gossip listener on 0.0.0.0:9094.
+            "--cluster.listen-address=",
+        ]
 
     def alerts(self) -> list[dict[str, Any]]:
         """The alerts Alertmanager holds now (API v2)."""
@@ -129,66 +102,37 @@ class AlertmanagerProcess:
         alerts: list[dict[str, Any]] = json.loads(body)
         return alerts
 
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        return stop_process(self.process, timeout)
+class ResponderProcess(ManagedProcess):
+    """The alert responder service (`python -m servescope.responder`), settings in its env."""
 
+    def __init__(
+        self,
+        port: int,
+        run_dir: Path,
+        prometheus_url: str,
+        incident_dir: Path | None = None,
+        window: str = "5m",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.incidents_path = incident_dir or run_dir / "incidents"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SERVESCOPE_")}
+        env = {
+            **base,
+            "SERVESCOPE_HOST": "127.0.0.1",
+            "SERVESCOPE_PORT": str(port),
+            "SERVESCOPE_LOG_INFO_SAMPLE_RATIO": "1.0",
+            "SERVESCOPE_TRACE_SAMPLE_RATIO": "1.0",
+            "SERVESCOPE_RESPONDER_PROMETHEUS_URL": prometheus_url,
+            "SERVESCOPE_RESPONDER_INCIDENT_DIR": str(self.incidents_path),
+            "SERVESCOPE_RESPONDER_WINDOW": window,
+            "SERVESCOPE_RESPONDER_RUNBOOK_DIR": str(repo_root() / "runbooks"),
+            **(extra_env or {}),
+        }
+        super().__init__("responder", port, run_dir, env)
 
-@dataclass
-class ResponderProcess:
-    """`servescope responder` as a process (python -m servescope.responder.app)."""
-
-    port: int
-    run_dir: Path
-    prometheus_url: str
-    incident_dir: Path | None = None
-    window: str = "5m"
-    extra_args: list[str] = field(default_factory=list)
-    process: subprocess.Popen[bytes] | None = None
-    name: str = "responder"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / "responder.log"
-
-    @property
-    def incidents_path(self) -> Path:
-        return self.incident_dir or self.run_dir / "incidents"
-
-    def start(self, timeout: float = 30.0) -> None:
-        if not port_is_free(self.port):
-            raise LocalStackError(f"port {self.port} for the responder is taken; pick another")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "servescope.responder.app",
-                    "--host=127.0.0.1",
-                    f"--port={self.port}",
-                    f"--prometheus-url={self.prometheus_url}",
-                    f"--incident-dir={self.incidents_path}",
-                    f"--window={self.window}",
-                    *self.extra_args,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        try:
-            wait_until_ready(
-                self.url + "/healthz", self.process, "responder", self.log_path, timeout
-            )
-        except LocalStackError:
-            self.stop()
-            raise
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "servescope.responder"]
 
     def incidents(self) -> list[dict[str, Any]]:
         """The full incident notes written so far, oldest first."""
@@ -197,12 +141,6 @@ class ResponderProcess:
             with contextlib.suppress(OSError, json.JSONDecodeError):
                 notes.append(json.loads(path.read_text()))
         return notes
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        return stop_process(self.process, timeout)
 
 
 @dataclass
@@ -237,7 +175,7 @@ class LocalAlerting:
             self.stop()
             raise
 
-    def processes(self) -> list[AlertmanagerProcess | ResponderProcess]:
+    def processes(self) -> list[ManagedProcess]:
         return [p for p in (self.alertmanager, self.responder) if p is not None]
 
     def stop(self, timeout: float = 15.0) -> dict[str, int | None]:

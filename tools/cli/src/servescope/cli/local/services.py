@@ -10,19 +10,17 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from servescope.cli.local.process import LocalStackError as LocalStackError
+from servescope.cli.local.process import ManagedProcess, http_get, port_is_free
+from servescope.cli.local.process import free_port as free_port  # the stack's callers use both
 from servescope.cli.paths import bundled_model, bundled_model_card, repo_root
 
 # Start order: the edge last, so it finds its downstreams already listening.
@@ -30,123 +28,11 @@ SERVICES = ("classifier", "postprocess", "preprocess")
 DEFAULT_PORTS = {"preprocess": 8000, "classifier": 8001, "postprocess": 8002}
 
 
-class LocalStackError(RuntimeError):
-    """Something stops local mode from starting; the message says what to do."""
+class ServiceProcess(ManagedProcess):
+    """One of the services (`python -m servescope.<name>`), ready when /readyz answers 200."""
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
-    """(status, body) of a GET; status 0 when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (our URLs)
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except (urllib.error.URLError, OSError):
-        return 0, b""
-
-
-def wait_until_ready(
-    url: str, process: subprocess.Popen[bytes], name: str, log: Path, timeout: float
-) -> None:
-    """Poll `url` until it answers 200; fail at once if the process dies, or at `timeout`."""
-    deadline = time.monotonic() + timeout
-    while http_get(url, timeout=0.5)[0] != 200:
-        if process.poll() is not None:
-            raise LocalStackError(f"{name} exited (code {process.returncode}); see {log}")
-        if time.monotonic() > deadline:
-            raise LocalStackError(f"{name} not ready after {timeout:.0f} s; see {log}")
-        time.sleep(0.05)
-
-
-def stop_process(
-    process: subprocess.Popen[bytes] | None, timeout: float = 15.0, sig: int = signal.SIGTERM
-) -> int | None:
-    """Signal a process we started, by its PID, and wait; SIGKILL if it overstays `timeout`."""
-    if process is None:
-        return None
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
-@dataclass
-class ServiceProcess:
-    name: str
-    port: int
-    log_path: Path
-    env: dict[str, str]
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def start(self) -> None:
-        if self.running():
-            return
-        if not port_is_free(self.port):
-            raise LocalStackError(
-                f"port {self.port} for {self.name} is taken; stop what uses it "
-                f"(`ss -ltnp 'sport = :{self.port}'` shows it) or pick another port"
-            )
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", f"servescope.{self.name}"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Until /readyz answers 200; LocalStackError if the process dies or time runs out."""
-        if self.process is None:
-            raise LocalStackError(f"{self.name} was never started")
-        wait_until_ready(self.url + "/readyz", self.process, self.name, self.log_path, timeout)
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def send_signal(self, sig: int) -> None:
-        if self.running() and self.process is not None:
-            self.process.send_signal(sig)
-
-    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int | None:
-        return stop_process(self.process, timeout, sig)
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", f"servescope.{self.name}"]
 
 
 PROMETHEUS_INSTALL_HINT = (
@@ -186,59 +72,37 @@ def prometheus_config(
     return config
 
 
-@dataclass
-class PrometheusProcess:
+class PrometheusProcess(ManagedProcess):
     """A real Prometheus (Debian's binary) scraping the local services."""
 
-    port: int
-    run_dir: Path
-    config: dict[str, Any]
-    binary: str = "prometheus"
-    process: subprocess.Popen[bytes] | None = None
+    ready_path = "/-/ready"
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / "prometheus.log"
+    def __init__(
+        self, port: int, run_dir: Path, config: dict[str, Any], binary: str = "prometheus"
+    ) -> None:
+        super().__init__("prometheus", port, run_dir)
+        self.config = config
+        self.binary = binary
 
     @staticmethod
     def available(binary: str = "prometheus") -> bool:
         return shutil.which(binary) is not None
 
-    def start(self, timeout: float = 30.0) -> None:
+    def prepare(self) -> None:
         if not self.available(self.binary):
             raise LocalStackError(PROMETHEUS_INSTALL_HINT)
-        if not port_is_free(self.port):
-            raise LocalStackError(f"port {self.port} for Prometheus is taken; pick another")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        config_path = self.run_dir / "prometheus.yml"
-        config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        data = self.run_dir / "prometheus-data"
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    self.binary,
-                    f"--config.file={config_path}",
-                    f"--storage.tsdb.path={data}",
-                    "--storage.tsdb.retention.time=1d",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--enable-feature=exemplar-storage",
-                    "--web.enable-lifecycle",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        try:
-            wait_until_ready(
-                self.url + "/-/ready", self.process, "Prometheus", self.log_path, timeout
-            )
-        except LocalStackError:
-            self.stop()
-            raise
+        (self.run_dir / "prometheus.yml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            f"--config.file={self.run_dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.run_dir / 'prometheus-data'}",
+            "--storage.tsdb.retention.time=1d",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--enable-feature=exemplar-storage",
+            "--web.enable-lifecycle",
+        ]
 
     def wait_for_targets(self, timeout: float = 30.0) -> None:
         """Block until every scrape target has been scraped successfully once.
@@ -257,12 +121,6 @@ class PrometheusProcess:
             if time.monotonic() > deadline:
                 raise LocalStackError(f"Prometheus targets not all up after {timeout:.0f} s")
             time.sleep(0.2)
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        return stop_process(self.process, timeout)
 
 
 @dataclass
@@ -288,9 +146,7 @@ class LocalStack:
                 **self.env.get("*", {}),
                 **self.env.get(name, {}),
             }
-            self.services[name] = ServiceProcess(
-                name, self.ports[name], self.run_dir / f"{name}.log", env
-            )
+            self.services[name] = ServiceProcess(name, self.ports[name], self.run_dir, env)
 
     @property
     def url(self) -> str:
@@ -311,7 +167,7 @@ class LocalStack:
         self.check_ports()
         try:
             for name in SERVICES:
-                self.services[name].start()
+                self.services[name].launch()
             self.wait_ready(timeout)
         except BaseException:
             self.stop()
@@ -325,7 +181,7 @@ class LocalStack:
                 service = self.services[name]
                 if not service.running():
                     raise LocalStackError(
-                        f"{name} exited during startup (code {service.process.returncode if service.process else '?'}); "
+                        f"{name} exited during startup (code {service.exit_code()}); "
                         f"last lines of {service.log_path}:\n{service.log_tail()}"
                     )
                 if http_get(service.url + "/readyz", timeout=0.5)[0] == 200:

@@ -1,0 +1,106 @@
+"""`servescope up` end to end: what a newcomer runs, on free ports, stopped with Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from servescope.cli.local.process import free_port, http_get
+
+pytestmark = pytest.mark.slow
+
+
+def _wait_for_line(process: subprocess.Popen[str], text: str, timeout: float) -> list[str]:
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if text in line:
+            return lines
+    raise AssertionError(f"no {text!r} within {timeout} s; got:\n" + "\n".join(lines))
+
+
+def test_up_starts_everything_reports_it_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("pre", "cls", "post", "prom", "am", "resp")}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "servescope.cli",
+            "up",
+            f"--port-preprocess={ports['pre']}",
+            f"--port-classifier={ports['cls']}",
+            f"--port-postprocess={ports['post']}",
+            f"--port-prometheus={ports['prom']}",
+            f"--port-alertmanager={ports['am']}",
+            f"--port-responder={ports['resp']}",
+            "--rate=5",
+            f"--run-dir={tmp_path}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = _wait_for_line(process, "Ctrl-C stops everything", timeout=90)
+        text = "\n".join(lines)
+        assert f"http://127.0.0.1:{ports['pre']}/v1/predict" in text
+        assert f"http://127.0.0.1:{ports['prom']}" in text  # Prometheus ran (CI installs it)
+        assert "incident notes in" in text  # Alertmanager and the responder ran
+        assert f"--url http://127.0.0.1:{ports['pre']}" in text  # hints fit the chosen port
+        for port in (ports["pre"], ports["cls"], ports["post"]):
+            assert http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+        assert http_get(f"http://127.0.0.1:{ports['resp']}/healthz")[0] == 200
+        time.sleep(2)  # the traffic generator sends to the edge
+        assert (tmp_path / "loadgen.log").is_file()
+        assert (
+            b'http_route="/v1/predict"' in http_get(f"http://127.0.0.1:{ports['pre']}/metrics")[1]
+        )
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, out
+    stopped = next(line for line in out.splitlines() if line.startswith("stopped:"))
+    for name in (
+        "preprocess",
+        "classifier",
+        "postprocess",
+        "prometheus",
+        "alertmanager",
+        "responder",
+        "loadgen",
+    ):
+        assert name in stopped, stopped
+    for port in ports.values():
+        assert http_get(f"http://127.0.0.1:{port}/healthz", timeout=0.3)[0] == 0
+
+
+def test_up_refuses_a_bad_fault_with_the_expected_form(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "servescope.cli",
+            "up",
+            "--fault",
+            "preprocess:resize",
+            f"--run-dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "SERVICE:STEP:SECONDS" in result.stdout
