@@ -1,9 +1,12 @@
-"""The responder: culprits from query results, and the webhook receiver as a process.
+"""The responder against the rest of the repository, and as a process.
 
-The culprit functions are pure: they get the query results (here written out by hand, as
-Prometheus would return them) and name a service, stage and step. The process tests post
-Alertmanager's webhook payload to a real responder; the end-to-end test
-(test_end_to_end.py) runs it against a real Prometheus and Alertmanager.
+Its pure logic (culprits, playbooks, notes, the app's routes) is tested beside it in
+services/responder/tests. Here: every diagnostic query reads series the telemetry contract
+declares, every alert category of the rules has a playbook, and the service started the way
+local mode starts it (`python -m servescope.responder`, settings in its environment) takes
+Alertmanager's webhook payload, writes its note, and emits only the spans and log fields the
+contract declares. The end-to-end test (test_end_to_end.py) runs it against a real
+Prometheus and Alertmanager.
 """
 
 from __future__ import annotations
@@ -18,165 +21,27 @@ import pytest
 from servescope.cli.local.alerting import ResponderProcess
 from servescope.cli.local.services import free_port
 from servescope.cli.slo import check_expression
-from servescope.responder import app as r
+from servescope.responder import playbooks
 from servescope.telemetry.contract import load_contract
 
-from .conftest import RUNBOOKS_DIR
-
-
-def result(key: str, *samples: tuple[dict[str, str], float]) -> r.CheckResult:
-    return r.CheckResult(key, key, "", [r.Sample(labels, value) for labels, value in samples])
-
-
-def results(*items: r.CheckResult) -> dict[str, r.CheckResult]:
-    return {item.key: item for item in items}
+from .conftest import RUNBOOKS_DIR, alerts
 
 
 def test_every_diagnostic_query_reads_declared_series() -> None:
     contract = load_contract()
-    for category, checks in r.PLAYBOOKS.items():
+    for category, checks in playbooks.PLAYBOOKS.items():
         for check in checks:
             for namespace in (None, "servescope"):
-                query = r.render_check(check, "5m", namespace)
+                query = playbooks.render_check(check, "5m", namespace)
                 assert not check_expression(query, contract), (category, check.key, query)
 
 
-def test_a_slow_resize_names_preprocess_its_stage_and_the_step() -> None:
-    found = r.latency_culprit(
-        results(
-            result(
-                "stage_p95",
-                ({"stage": "decode"}, 0.0004),
-                ({"stage": "preprocess"}, 0.31),
-                ({"stage": "infer"}, 0.004),
-                ({"stage": "postprocess"}, 0.002),
-                ({"stage": "end_to_end"}, 0.32),
-            ),
-            result(
-                "faults",
-                ({"job": "preprocess", "step": "resize"}, 0.3),
-                ({"job": "classifier", "step": "inference"}, 0.1),
-            ),
-        ),
-        "preprocess",
-    )
-    assert (found.service, found.stage, found.step) == ("preprocess", "preprocess", "resize")
-    assert "97% of the end-to-end p95" in found.summary
-    assert any("step resize delayed by 300 ms" in e for e in found.evidence)
-
-
-def test_a_slow_infer_stage_tells_the_model_from_the_network() -> None:
-    slow_infer = result("stage_p95", ({"stage": "infer"}, 0.4), ({"stage": "end_to_end"}, 0.41))
-    network = r.latency_culprit(
-        results(
-            slow_infer,
-            result("server_p95", ({"job": "classifier"}, 0.01)),
-            result("client_p95", ({"peer_service": "classifier"}, 0.4)),
-        ),
-        "preprocess",
-    )
-    assert (network.service, network.stage, network.step) == ("classifier", "infer", "network")
-    assert "lost between the services" in network.summary
-    model = r.latency_culprit(
-        results(
-            slow_infer,
-            result("server_p95", ({"job": "classifier"}, 0.39)),
-            result("client_p95", ({"peer_service": "classifier"}, 0.4)),
-            result("inference_p95", ({}, 0.35)),
-        ),
-        "preprocess",
-    )
-    assert (model.service, model.step) == ("classifier", "inference")
-
-
-def test_failing_calls_name_the_downstream_and_the_outcome() -> None:
-    found = r.errors_culprit(
-        results(
-            result("up", ({"job": "preprocess"}, 1), ({"job": "classifier"}, 1)),
-            result("ready", ({"job": "classifier"}, 1)),
-            result(
-                "outbound_failures",
-                ({"peer_service": "classifier", "outcome": "timeout"}, 2.5),
-                ({"peer_service": "postprocess", "outcome": "error"}, 0.1),
-            ),
-            result("error_ratio", ({"job": "preprocess"}, 0.2)),
-        ),
-        "preprocess",
-    )
-    assert (found.service, found.stage, found.step) == ("classifier", "infer", "timeout")
-
-
-def test_a_down_downstream_is_the_culprit_before_the_edge_that_reports_it() -> None:
-    found = r.errors_culprit(
-        results(
-            result("up", ({"job": "preprocess"}, 1), ({"job": "postprocess"}, 0)),
-            result("error_ratio", ({"job": "preprocess"}, 0.3)),
-        ),
-        "preprocess",
-    )
-    assert found.service == "postprocess" and "down" in found.summary
-
-
-def test_drift_names_the_signals_and_puts_the_cause_upstream() -> None:
-    found = r.model_culprit(
-        results(
-            result(
-                "drift",
-                ({"signal": "pixel_psi"}, 0.1),
-                ({"signal": "class_psi"}, 0.4),
-                ({"signal": "mean_intensity_shift"}, 0.15),
-            ),
-            result("mean_confidence", ({}, 0.95)),
-        ),
-        "classifier",
-    )
-    assert (found.stage, found.step) == ("inputs", "class_psi,mean_intensity_shift")
-
-
-def test_memory_culprit_tells_rss_from_page_cache() -> None:
-    mib = 1024 * 1024
-    labels = {"container": "classifier", "pod": "p1"}
-
-    def memory(rss: float, cache: float) -> r.Culprit:
-        return r.saturation_culprit(
-            results(
-                result("memory_limit", (labels, 256 * mib)),
-                result("working_set", (labels, rss + cache)),
-                result("rss", (labels, rss)),
-                result("cache", (labels, cache)),
-            ),
-            {"alertname": "ServescopeContainerMemoryNearLimit", **labels},
-        )
-
-    assert "RSS" in memory(240 * mib, 5 * mib).summary
-    assert "page cache" in memory(40 * mib, 200 * mib).summary
-
-
-def test_no_traffic_points_upstream_of_the_edge() -> None:
-    found = r.availability_culprit(
-        results(result("up", ({"job": "preprocess", "instance": "a"}, 1))),
-        "preprocess",
-        "ServescopeNoTraffic",
-    )
-    assert (found.service, found.step) == ("preprocess", "ingress")
-
-
-def test_durations_and_runbook_links() -> None:
-    assert r.parse_duration("90s") == 90
-    assert r.parse_duration("1h30m") == 5400
-    with pytest.raises(ValueError):
-        r.parse_duration("5 minutes")
-    local = r.runbook_link("runbooks/ServescopeTargetDown.md", None)
-    assert (
-        local is not None
-        and local["exists"]
-        and local["url"].endswith("runbooks/ServescopeTargetDown.md")
-    )
-    hosted = r.runbook_link("runbooks/ServescopeTargetDown.md", "https://docs.invalid/repo/")
-    assert hosted is not None and hosted["url"] == (
-        "https://docs.invalid/repo/runbooks/ServescopeTargetDown.md"
-    )
-    assert r.runbook_link("runbooks/Nope.md", None)["exists"] is False  # type: ignore[index]
+def test_every_alert_category_has_a_playbook_and_a_metric_label() -> None:
+    categories = {rule["labels"]["category"] for _, rule in alerts()}
+    assert categories <= set(playbooks.PLAYBOOKS)
+    assert categories <= set(playbooks.CATEGORIES)
+    declared = load_contract().label_rules["category"].values
+    assert set(declared) == {*playbooks.CATEGORIES, "other"}
 
 
 # --- the process ------------------------------------------------------------------------------
@@ -185,7 +50,15 @@ def test_durations_and_runbook_links() -> None:
 @pytest.fixture
 def responder(tmp_path):
     # Prometheus is a port nobody listens on: the note must still be written.
-    process = ResponderProcess(free_port(), tmp_path, f"http://127.0.0.1:{free_port()}")
+    process = ResponderProcess(
+        free_port(),
+        tmp_path,
+        f"http://127.0.0.1:{free_port()}",
+        extra_env={
+            "SERVESCOPE_TRACE_FILE": str(tmp_path / "traces.jsonl"),
+            "SERVESCOPE_RESPONDER_QUERY_TIMEOUT_SECONDS": "2",
+        },
+    )
     process.start()
     try:
         yield process
@@ -280,16 +153,60 @@ def test_a_webhook_becomes_an_incident_note_and_its_resolve_closes_it(responder)
 
 
 def test_the_receiver_refuses_what_is_not_a_webhook(responder) -> None:
-    assert _post(responder.url + "/alerts", b"not json")[0] == 400
-    assert _post(responder.url + "/alerts", b'{"alerts": "no"}')[0] == 400
+    status, body = _post(responder.url + "/alerts", b"not json")
+    assert status == 400 and body["kind"] == "invalid_json" and "not JSON" in body["error"]
+    status, body = _post(responder.url + "/alerts", b'{"alerts": "no"}')
+    assert status == 400 and body["kind"] == "invalid_request"
     for ident in ("..%2Fetc", "20260501T100000Z-Nothing-0"):
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(f"{responder.url}/incidents/{ident}", timeout=5)
         assert caught.value.code == 404
     assert responder.incidents() == []
+    with urllib.request.urlopen(responder.url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert 'servescope_rejected_inputs_total{reason="invalid_json"} 1.0' in text
+    assert 'servescope_rejected_inputs_total{reason="invalid_request"} 1.0' in text
 
 
 def test_the_responder_listens_on_loopback_only(responder) -> None:
-    assert "--host=127.0.0.1" in responder.process.args  # type: ignore[union-attr]
-    settings = r.ResponderSettings()
-    assert settings.host == "127.0.0.1"
+    assert responder.env["SERVESCOPE_HOST"] == "127.0.0.1"
+    assert responder.process.args[-2:] == ["-m", "servescope.responder"]
+
+
+def test_its_spans_and_log_fields_are_the_contracts(responder, tmp_path) -> None:
+    assert _post(responder.url + "/alerts", _payload("firing"))[0] == 200
+    _wait_for(responder.incidents)
+    assert responder.stop() == 0  # flushes the spans still queued
+    contract = load_contract()
+    spans = [json.loads(line) for line in (tmp_path / "traces.jsonl").read_text().splitlines()]
+    assert {s["service"] for s in spans} == {"responder"}
+    (server,) = [s for s in spans if s["kind"] == "SERVER"]
+    assert server["name"] == "POST /alerts"
+    (diagnose,) = [s for s in spans if s["name"] == "diagnose"]
+    assert diagnose["trace_id"] == server["trace_id"]
+    assert diagnose["parent_span_id"] == server["span_id"]
+    assert diagnose["attributes"]["servescope.culprit.service"] == "classifier"
+    queries = [s for s in spans if s["kind"] == "CLIENT"]
+    assert queries and all(q["parent_span_id"] == diagnose["span_id"] for q in queries)
+    assert all(q["attributes"]["peer.service"] == "prometheus" for q in queries)
+    assert all(q["status"] == "ERROR" for q in queries)  # nobody listens there
+    declared = {}
+    for spec in contract.spans:
+        if "responder" in spec.services:
+            declared[spec.kind, spec.name] = set(spec.attributes)
+    for span in spans:
+        key = (span["kind"], "diagnose" if span["kind"] == "INTERNAL" else None)
+        allowed = next(
+            attrs
+            for (kind, name), attrs in declared.items()
+            if kind == key[0] and (key[1] is None or name == key[1])
+        )
+        assert set(span["attributes"]) <= allowed, (span["name"], set(span["attributes"]) - allowed)
+    # Log lines: JSON, every field declared, the note's line in the webhook's trace.
+    fields = set(contract.log_fields or {})
+    lines = [json.loads(line) for line in responder.log_path.read_text().splitlines()]
+    for line in lines:
+        assert set(line) <= fields, set(line) - fields
+    (written,) = [line for line in lines if line["event"] == "incident_note_written"]
+    assert written["trace_id"] == server["trace_id"]
+    assert written["culprit_service"] == "classifier" and written["category"] == "availability"

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from servescope.cli import promql
 from servescope.cli.paths import repo_root
 from servescope.dashboards import DASHBOARDS, OUTPUT_DIR
 from servescope.dashboards.common import panels_of
@@ -77,28 +78,10 @@ def substitute(expr: str) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
 
 
-KEYWORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-    "unless", "offset", "inf", "nan", "le",
-}  # fmt: skip
-
-
 def metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression selects (the validity of the whole is Prometheus's
-    business; this only lists the names, to hold them to the contract)."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
-    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
-    text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges
-    text = re.sub(
-        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text
-    )  # label lists
-    names = set()
-    for match in re.finditer(r"(?<![\w.])([A-Za-z_:][A-Za-z0-9_:]*)\s*(\()?", text):
-        word, call = match[1], match[2]
-        if call or word in KEYWORDS or re.fullmatch(r"\d.*", word):
-            continue
-        names.add(word)
-    return names
+    """Metric names a dashboard query selects, by the PromQL parser the SLO generator uses,
+    after the template variables are replaced (`[$__rate_interval]` is not PromQL)."""
+    return promql.metric_names(substitute(expr))
 
 
 def recording_rules() -> set[str]:

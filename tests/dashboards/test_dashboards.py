@@ -247,7 +247,7 @@ def test_the_renderer_reads_local_log_lines_for_logs_panels(tmp_path) -> None:
     panel's LogQL (a small subset) selects."""
     import json
 
-    from servescope.dashboards.render import read_log_lines
+    from servescope.cli.dashboard_render import read_log_lines
 
     lines = {
         "preprocess": [

@@ -65,7 +65,7 @@ def test_every_query_returns_data(prometheus, name: str) -> None:
 
 
 def test_the_renderer_draws_every_dashboard(prometheus, tmp_path) -> None:
-    from servescope.dashboards.render import render_all
+    from servescope.cli.dashboard_render import render_all
 
     paths = render_all(prometheus.url, tmp_path, minutes=1)
     assert [p.name for p in paths] == [f"{name}.png" for name in DASHBOARDS]

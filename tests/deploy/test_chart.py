@@ -159,29 +159,11 @@ def _served_health_paths() -> set[str]:
     return {route.path for route in app.routes}  # type: ignore[attr-defined]
 
 
-def _responder_get_paths() -> set[str]:
-    """The GET routes the alert responder really registers (servescope.responder.app)."""
-    from servescope.responder.app import ResponderSettings, build_app
-
-    app = build_app(ResponderSettings())
-    return {
-        route.resource.canonical
-        for route in app.router.routes()
-        if route.method == "GET" and route.resource is not None
-    }
-
-
 def test_resources_and_three_probes_on_every_container(case, helm):
     name, rendered = case
-    served_by = {"responder": _responder_get_paths()}
-    assert "/healthz" in served_by["responder"] and "/readyz" not in served_by["responder"]
-    services_served = _served_health_paths()
-    assert {"/healthz", "/readyz"} <= services_served
+    served = _served_health_paths()
+    assert {"/healthz", "/readyz"} <= served
     for deployment in rendered.of_kind("Deployment"):
-        component = helm.component_of(deployment)
-        served = served_by.get(component, services_served)
-        # The responder has no readiness of its own: ready as soon as it listens.
-        readiness = "/healthz" if component == "responder" else "/readyz"
         for container in helm.containers(deployment):
             where = f"{name}: {deployment['metadata']['name']}/{container['name']}"
             resources = container["resources"]
@@ -194,7 +176,7 @@ def test_resources_and_three_probes_on_every_container(case, helm):
                 http = container[probe]["httpGet"]
                 assert http["path"] in served, f"{where}: {probe} on {http['path']}, not served"
                 assert http["port"] in ports, f"{where}: {probe} on unknown port {http['port']}"
-            assert container["readinessProbe"]["httpGet"]["path"] == readiness, where
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", where
             assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", where
 
 
@@ -220,21 +202,13 @@ def test_memory_limits_leave_headroom_over_the_measured_working_set(helm):
 
 
 def test_termination_grace_covers_prestop_drain_and_in_flight(case, helm):
-    from servescope.responder.app import ResponderSettings
-
     name, rendered = case
     for deployment in rendered.of_kind("Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         for container in pod["containers"]:
             env = helm.env_of(container)
-            if helm.component_of(deployment) == "responder":
-                # No drain; at SIGTERM it finishes the notes in progress: the diagnostic
-                # queries, then the exemplar query, each bounded by the query timeout.
-                drain = 0.0
-                graceful = 2 * ResponderSettings().query_timeout_seconds
-            else:
-                drain = float(env["SERVESCOPE_DRAIN_SECONDS"])
-                graceful = float(env["SERVESCOPE_GRACEFUL_TIMEOUT_SECONDS"])
+            drain = float(env["SERVESCOPE_DRAIN_SECONDS"])
+            graceful = float(env["SERVESCOPE_GRACEFUL_TIMEOUT_SECONDS"])
             pre_stop = container.get("lifecycle", {}).get("preStop", {})
             sleep = pre_stop.get("sleep", {}).get("seconds", 0)
             if "exec" in pre_stop:
@@ -257,15 +231,17 @@ def test_a_grace_period_shorter_than_the_shutdown_fails_to_render(helm):
 
 
 def _settings_fields(component: str) -> set[str]:
+    """The environment variables a service reads: its field names, or their aliases."""
     import importlib
 
-    if component == "responder":
-        from servescope.responder.app import ResponderSettings
-
-        prefix = ResponderSettings.model_config["env_prefix"]
-        return {f"{prefix}{name.upper()}" for name in ResponderSettings.model_fields}
-    module = importlib.import_module(f"servescope.{component}.settings")
-    return {f"SERVESCOPE_{name.upper()}" for name in module.Settings.model_fields}
+    settings = importlib.import_module(f"servescope.{component}.settings").Settings
+    prefix = settings.model_config["env_prefix"]
+    return {
+        field.validation_alias
+        if isinstance(field.validation_alias, str)
+        else f"{prefix}{name}".upper()
+        for name, field in settings.model_fields.items()
+    }
 
 
 def test_every_servescope_variable_is_a_setting_of_that_service(case, helm):

@@ -93,7 +93,7 @@ def test_only_selects_releases_and_rejects_unknown_ones(capsys):
 
 def test_files_owned_elsewhere_are_read_in_place(tmp_path, capsys):
     root = _copy_root(tmp_path)
-    # Nothing from deploy/alertmanager or deploy/fluent-bit yet: nothing extra is passed.
+    # The copy holds neither Alertmanager's routes nor a Lua filter yet: nothing extra is passed.
     plain = stack_cli.install_commands(stack_cli.load_stack(root), root)
     assert not [c for c in plain if "--set-file" in c or "generated" in " ".join(c)]
     # Once those issues land their files (the responder's local-mode webhook is rewritten to
@@ -189,9 +189,9 @@ def test_stack_and_app_fit_a_minikube_with_4_cpus_and_8_gb():
         _resources(values("fluent-bit.yaml")),
     ]
     app = yaml.safe_load((ROOT / "deploy/helm/servescope/values.yaml").read_text())
-    # The services and the alert responder (on in the advanced profile).
+    # The services and the alert responder (a component, on in the advanced profile).
     blocks += [c["resources"] for c in app["components"].values()]
-    blocks.append(app["responder"]["resources"])
+    assert "responder" in app["components"]
     cpu_requests = sum(_quantity(b["requests"]["cpu"]) for b in blocks)
     memory_requests = sum(_quantity(b["requests"]["memory"]) for b in blocks)
     memory_limits = sum(_quantity(b["limits"]["memory"]) for b in blocks)

@@ -81,9 +81,9 @@ def test_admin_endpoint_needs_the_token_and_toggles_the_fault(start_stack) -> No
     assert predict_seconds(stack.url) < 0.25
     # The classifier has its own step, slowing the model server instead of the edge.
     classifier = stack.services["classifier"].url
-    httpx.put(classifier + "/admin/faults/inference", json={"delay_seconds": 0.3}, headers=auth)
+    httpx.put(classifier + "/admin/faults/infer", json={"delay_seconds": 0.3}, headers=auth)
     assert predict_seconds(stack.url) >= 0.3
-    assert fault_gauge(classifier, "inference") == 0.3
+    assert fault_gauge(classifier, "infer") == 0.3
 
 
 def test_an_unknown_fault_step_at_startup_fails_fast(start_stack) -> None:

@@ -1,5 +1,6 @@
-"""/metrics on every live service: promtool finds nothing, the contract holds both ways,
-labels stay bounded, and drift scores move under drifted traffic and only then."""
+"""/metrics on every live service (the alert responder among them): promtool finds nothing,
+the contract holds both ways, labels stay bounded, and drift scores move under drifted
+traffic and only then."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import dataclasses
 import re
 import shutil
 import subprocess
+import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -17,7 +20,8 @@ from prometheus_client import Counter
 
 from servescope.classifier.drift import THRESHOLDS
 from servescope.cli.contract_check import check_exposition, family_names
-from servescope.cli.local.services import SERVICES, LocalStack
+from servescope.cli.local.alerting import ResponderProcess
+from servescope.cli.local.services import SERVICES, LocalStack, free_port
 from servescope.cli.paths import heldout_dir
 from servescope.loadgen.inputs import heldout_samples
 from servescope.loadgen.traffic import LoadConfig, run_load
@@ -80,6 +84,73 @@ def test_live_exposition_matches_contract_both_ways(busy_stack: LocalStack, serv
     assert check_exposition(service, text) == []
     declared = {spec.name for spec in load_contract().for_service(service)}
     assert family_names(text) == declared
+
+
+@pytest.fixture(scope="module")
+def busy_responder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ResponderProcess]:
+    """The alert responder as local mode runs it, after a webhook (diagnosed against a
+    Prometheus nobody answers for), a refused one and an unknown path."""
+    process = ResponderProcess(
+        free_port(),
+        tmp_path_factory.mktemp("responder"),
+        f"http://127.0.0.1:{free_port()}",
+        extra_env={"SERVESCOPE_RESPONDER_QUERY_TIMEOUT_SECONDS": "2"},
+    )
+    process.start()
+    try:
+        alert = {
+            "status": "firing",
+            "labels": {"alertname": "ServescopeP95LatencyHigh", "category": "latency"},
+            "startsAt": "2026-05-01T10:00:00Z",
+        }
+        with httpx.Client(base_url=process.url, timeout=5) as client:
+            assert client.post("/alerts", json={"alerts": [alert]}).status_code == 200
+            assert client.post("/alerts", content=b"not json").status_code == 400
+            assert client.get("/no/such/path").status_code == 404
+        deadline = time.monotonic() + 15
+        while not process.incidents():
+            assert time.monotonic() < deadline, "no incident note after 15 s"
+            time.sleep(0.05)
+        yield process
+    finally:
+        process.stop()
+
+
+def scrape_responder(process: ResponderProcess, openmetrics: bool = False) -> str:
+    headers = {"Accept": "application/openmetrics-text; version=1.0.0"} if openmetrics else {}
+    response = httpx.get(process.url + "/metrics", headers=headers, timeout=5)
+    assert response.status_code == 200
+    return response.text
+
+
+def test_promtool_finds_nothing_on_the_responder(busy_responder: ResponderProcess) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: apt-get install prometheus (.ci/run installs it)"
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=scrape_responder(busy_responder),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
+
+
+def test_the_responders_exposition_matches_the_contract_both_ways(
+    busy_responder: ResponderProcess,
+) -> None:
+    text = scrape_responder(busy_responder)
+    assert check_exposition("responder", text) == []
+    declared = {spec.name for spec in load_contract().for_service("responder")}
+    assert family_names(text) == declared
+    assert 'servescope_responder_notes_written_total{category="latency"} 1.0' in text
+    assert 'servescope_rejected_inputs_total{reason="invalid_json"} 1.0' in text
+    # The diagnosis is timed inside its span: the histogram's exemplar leads to the trace.
+    openmetrics = scrape_responder(busy_responder, openmetrics=True)
+    assert re.search(
+        r'servescope_responder_diagnosis_duration_seconds_bucket\{[^}]*\} 1\.0 # \{span_id="[0-9a-f]{16}",trace_id="[0-9a-f]{32}"\}',
+        openmetrics,
+    ), openmetrics
 
 
 def test_a_metric_added_in_code_but_not_in_the_contract_fails_the_check() -> None:

@@ -152,10 +152,10 @@ def test_one_request_is_one_trace_across_three_services(traced) -> None:
         assert classifier.kind == postprocess.kind == ProtoSpan.SPAN_KIND_SERVER
         assert classifier.parent_span_id == peers["classifier"].span_id
         assert postprocess.parent_span_id == peers["postprocess"].span_id
-        inference = by_name[("classifier", "inference")]
-        assert inference.parent_span_id == classifier.span_id
+        infer = by_name[("classifier", "infer")]
+        assert infer.parent_span_id == classifier.span_id
         assert by_name[("postprocess", "softmax_topk")].parent_span_id == postprocess.span_id
-        attrs = {a.key: a.value for a in inference.attributes}
+        attrs = {a.key: a.value for a in infer.attributes}
         assert attrs["servescope.model.name"].string_value == "digits-cnn"
         edge_attrs = {a.key: a.value for a in edge.attributes}
         assert edge_attrs["http.route"].string_value == "/v1/predict"
@@ -238,4 +238,4 @@ def test_trace_slowest_names_the_faulty_service_and_step(start_stack, tmp_path) 
     out = result.stdout
     assert "services: classifier, postprocess, preprocess" in out
     assert "slowest step: preprocess resize" in out, out
-    assert "classifier inference" in out and "postprocess softmax_topk" in out
+    assert "classifier infer" in out and "postprocess softmax_topk" in out

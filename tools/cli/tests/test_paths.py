@@ -6,7 +6,7 @@ from pathlib import Path
 
 from servescope.cli.paths import bundled_model, bundled_model_dir, heldout_dir, repo_root
 
-# tools/cli/tests/this_file.py -> the checkout root is three folders up.
+# tools/cli/tests/test_paths.py -> the checkout root is three folders up.
 CHECKOUT = Path(__file__).resolve().parents[3]
 
 

@@ -24,6 +24,8 @@ from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models import loki as loki_models
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 
+from servescope.telemetry.pipeline import PIPELINE
+
 # The Prometheus datasource is the dashboard variable `datasource`; traces are found through
 # the Jaeger datasource variable `jaeger` (exemplar links on latency panels, see
 # deploy/local/grafana/provisioning/datasources/servescope.yaml for the Prometheus side of
@@ -45,9 +47,10 @@ TRACE_LINK = (
     "%22refId%22:%22A%22,%22query%22:%22${__data.fields.trace_id}%22%7D%5D%7D"
 )
 
-SERVICES_RE = "preprocess|classifier|postprocess"
-# Probe and scrape endpoints are not traffic (the same filter as the recording rules).
-NOT_TRAFFIC = "/metrics|/healthz|/readyz|/v2/health/.*|.*/ready|/admin/.*"
+# The services' jobs and the routes that are not traffic (probes, scrapes, admin), from the
+# telemetry contract's pipeline section, as the recording rules use them.
+SERVICES_RE = PIPELINE.job_regex
+NOT_TRAFFIC = PIPELINE.probe_regex
 
 # Series the dashboards read that the telemetry contract does not declare, because they
 # come from Prometheus itself or from Kubernetes. A test allows exactly these besides the

@@ -8,6 +8,7 @@ from pathlib import Path
 from grafana_foundation_sdk.builders.dashboard import Dashboard
 
 from servescope.dashboards.common import (
+    SERVICES_RE,
     Query,
     bargauge_panel,
     dashboard,
@@ -83,7 +84,7 @@ def build(root: Path) -> Dashboard:
             "short",
             [
                 Query(
-                    'topk(15, count by (__name__) ({job=~"preprocess|classifier|postprocess"}))',
+                    f'topk(15, count by (__name__) ({{job=~"{SERVICES_RE}"}}))',
                     "{{__name__}}",
                     instant=True,
                 )

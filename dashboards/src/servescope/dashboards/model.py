@@ -18,12 +18,35 @@ from servescope.dashboards.common import (
     table_panel,
     timeseries_panel,
 )
+from servescope.telemetry.pipeline import PIPELINE, PipelineError
 
 UID = "servescope-model"
 
-# Drift thresholds, as in the telemetry contract and model.alerts.yml.
-PSI_THRESHOLD = 0.25
-SHIFT_THRESHOLD = 0.1
+# Drift signals and thresholds from the telemetry contract's pipeline section (the source
+# model.alerts.yml is tested against). The PSI panel draws one threshold line for both PSIs.
+PIXEL_PSI, CLASS_PSI, SHIFT = PIPELINE.expect_drift_signals(
+    "pixel_psi", "class_psi", "mean_intensity_shift", where=__name__
+)
+if PIXEL_PSI.threshold != CLASS_PSI.threshold:
+    raise PipelineError(
+        f"{__name__} draws one PSI threshold, but pixel_psi and class_psi have different ones"
+    )
+PSI_THRESHOLD = PIXEL_PSI.threshold
+SHIFT_THRESHOLD = SHIFT.threshold
+STAGES = ", ".join(PIPELINE.stage_names)
+TOTAL = PIPELINE.total.name
+
+
+def _signals(names: list[str]) -> str:
+    return f'signal="{names[0]}"' if len(names) == 1 else f'signal=~"{"|".join(names)}"'
+
+
+def _by_threshold() -> dict[float, list[str]]:
+    """Drift signals grouped by their threshold, in declaration order."""
+    groups: dict[float, list[str]] = {}
+    for signal in PIPELINE.drift:
+        groups.setdefault(signal.threshold, []).append(signal.name)
+    return groups
 
 
 def build(root: Path) -> Dashboard:
@@ -89,9 +112,9 @@ def build(root: Path) -> Dashboard:
         ),
         timeseries_panel(
             "Per-stage latency p95",
-            "95th percentile of each stage of a prediction at the edge (decode, preprocess, "
-            "infer, postprocess, end_to_end) from servescope_stage_duration_seconds. The dashed "
-            "line is the 200 ms p95 alert threshold on end_to_end. Exemplars link to Jaeger.",
+            f"95th percentile of each stage of a prediction at the edge ({STAGES}) from "
+            "servescope_stage_duration_seconds. The dashed line is the 200 ms p95 alert "
+            f"threshold on {TOTAL}. Exemplars link to Jaeger.",
             "s",
             [
                 Query(
@@ -110,8 +133,8 @@ def build(root: Path) -> Dashboard:
             "s",
             [
                 Query(
-                    'sum by (stage) (rate(servescope_stage_duration_seconds_sum{stage!="end_to_end"}[$__rate_interval]))'
-                    ' / sum by (stage) (rate(servescope_stage_duration_seconds_count{stage!="end_to_end"}[$__rate_interval]))',
+                    f'sum by (stage) (rate(servescope_stage_duration_seconds_sum{{stage!="{TOTAL}"}}[$__rate_interval]))'
+                    f' / sum by (stage) (rate(servescope_stage_duration_seconds_count{{stage!="{TOTAL}"}}[$__rate_interval]))',
                     "{{stage}}",
                 )
             ],
@@ -179,13 +202,14 @@ def build(root: Path) -> Dashboard:
     drift = [
         timeseries_panel(
             "Drift: population stability (PSI)",
-            "pixel_psi (pixel-intensity histogram) and class_psi (predicted classes against "
-            "the training prior) over the last 100 inputs; 0 = identical. The dashed line is "
-            f"the drift threshold {PSI_THRESHOLD}.",
+            f"{PIXEL_PSI.name} (pixel-intensity histogram) and {CLASS_PSI.name} (predicted "
+            "classes against the training prior) over the last 100 inputs; 0 = identical. The "
+            f"dashed line is the drift threshold {PSI_THRESHOLD:g}.",
             "none",
             [
                 Query(
-                    'max by (signal) (servescope_input_drift_score{signal=~"pixel_psi|class_psi"})',
+                    "max by (signal) (servescope_input_drift_score"
+                    f"{{{_signals([PIXEL_PSI.name, CLASS_PSI.name])}}})",
                     "{{signal}}",
                 )
             ],
@@ -195,11 +219,11 @@ def build(root: Path) -> Dashboard:
         timeseries_panel(
             "Drift: mean intensity shift",
             "Change of the mean pixel intensity of the last 100 inputs from the model card's "
-            f"reference, on the 0-1 scale. The dashed line is the drift threshold {SHIFT_THRESHOLD}.",
+            f"reference, on the 0-1 scale. The dashed line is the drift threshold {SHIFT_THRESHOLD:g}.",
             "none",
             [
                 Query(
-                    'max by (signal) (servescope_input_drift_score{signal="mean_intensity_shift"})',
+                    f"max by (signal) (servescope_input_drift_score{{{_signals([SHIFT.name])}}})",
                     "{{signal}}",
                 )
             ],
@@ -208,18 +232,17 @@ def build(root: Path) -> Dashboard:
         ),
         bargauge_panel(
             "Drift score as a share of its threshold",
-            "Each drift signal divided by its threshold (0.25 for the PSIs, 0.1 for the mean "
-            "intensity shift): 100% or more means the inputs have drifted.",
+            "Each drift signal divided by its threshold ("
+            + ", ".join(f"{s.name} {s.threshold:g}" for s in PIPELINE.drift)
+            + "): 100% or more means the inputs have drifted.",
             "percentunit",
             [
                 Query(
-                    'max by (signal) (servescope_input_drift_score{signal=~"pixel_psi|class_psi"}) / 0.25',
+                    f"max by (signal) (servescope_input_drift_score{{{_signals(names)}}})"
+                    f" / {threshold:g}",
                     "{{signal}}",
-                ),
-                Query(
-                    'max by (signal) (servescope_input_drift_score{signal="mean_intensity_shift"}) / 0.1',
-                    "{{signal}}",
-                ),
+                )
+                for threshold, names in _by_threshold().items()
             ],
             thresholds=[(None, "green"), (0.8, "orange"), (1, "red")],
             minimum=0,

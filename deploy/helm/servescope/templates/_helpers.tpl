@@ -81,50 +81,17 @@ including false, 0 and "" (sprig's merge functions treat those as "unset", so a 
 {{- end -}}
 
 {{/*
-Every enabled component as YAML, name: its own values. The entries of `components:` come with
-`scraped: true` and `traced: true`; the alert responder (`responder.enabled`) joins as one more
-component, built by servescope.responderComponent. Templates range over this, not over
-.Values.components, so the responder gets the same Deployment, Service and NetworkPolicy.
+Every enabled entry of `components:` as YAML, name: its own values. Templates range over this,
+so a component switched off (the alert responder, by default) renders nothing.
 */}}
 {{- define "servescope.components" -}}
 {{- $all := dict -}}
 {{- range $name, $raw := .Values.components -}}
 {{- if $raw.enabled -}}
-{{- $_ := set $all $name (merge (dict "scraped" true "traced" true) (deepCopy $raw)) -}}
+{{- $_ := set $all $name (deepCopy $raw) -}}
 {{- end -}}
-{{- end -}}
-{{- if .Values.responder.enabled -}}
-{{- if hasKey $all "responder" -}}
-{{- fail "components.responder and responder.enabled would both render servescope-responder: rename the component or turn one off" -}}
-{{- end -}}
-{{- $_ := set $all "responder" (include "servescope.responderComponent" . | fromYaml) -}}
 {{- end -}}
 {{- toYaml $all -}}
-{{- end -}}
-
-{{/*
-The alert responder (`servescope responder`, image servescope-loadgen) as a component: one
-replica (incident notes live in the pod's emptyDir, so a second replica would split them), no
-autoscaler or disruption budget, probes on /healthz (its only health route), no /metrics to
-scrape and no traces to send. `responder` carries its own settings for the environment and
-the network policy.
-*/}}
-{{- define "servescope.responderComponent" -}}
-{{- $r := .Values.responder -}}
-{{- $c := pick $r "enabled" "port" "image" "env" "resources" "probes" "podAnnotations" "podLabels" "nodeSelector" "tolerations" "affinity" "priorityClassName" -}}
-{{- $_ := set $c "public" false -}}
-{{- $_ := set $c "calls" (list) -}}
-{{- $_ := set $c "replicas" 1 -}}
-{{- $_ := set $c "autoscaling" (dict "enabled" false) -}}
-{{- $_ := set $c "podDisruptionBudget" (dict "enabled" false) -}}
-{{- $_ := set $c "scraped" false -}}
-{{- $_ := set $c "traced" false -}}
-{{- $volume := dict "name" "incidents" "emptyDir" (dict "sizeLimit" $r.incidents.sizeLimit) -}}
-{{- $mount := dict "name" "incidents" "mountPath" $r.incidents.mountPath -}}
-{{- $_ := set $c "extraVolumes" (append (deepCopy .Values.default.extraVolumes) $volume) -}}
-{{- $_ := set $c "extraVolumeMounts" (append (deepCopy .Values.default.extraVolumeMounts) $mount) -}}
-{{- $_ := set $c "responder" (pick $r "prometheusUrl" "runbookBaseUrl" "traceUrlTemplate" "window" "incidents" "networkPolicy") -}}
-{{- toYaml $c -}}
 {{- end -}}
 
 {{/* A component's effective configuration (list $ name raw) as YAML: `default` under its own
@@ -134,16 +101,6 @@ keys; raw is the component's entry of servescope.components. */}}
 {{- $c := deepCopy $root.Values.default -}}
 {{- include "servescope.deepMerge" (list $c (deepCopy (index . 2))) -}}
 {{- toYaml $c -}}
-{{- end -}}
-
-{{/* Host and port of an http(s) URL (the port from the scheme when the URL names none), as YAML. */}}
-{{- define "servescope.urlHostPort" -}}
-{{- $u := urlParse . -}}
-{{- $parts := splitList ":" $u.host -}}
-{{- $port := ternary 443 80 (eq $u.scheme "https") -}}
-{{- if gt (len $parts) 1 }}{{ $port = last $parts | int }}{{ end -}}
-host: {{ first $parts }}
-port: {{ $port }}
 {{- end -}}
 
 {{/* The image reference of a component's effective configuration (list $ config). */}}

@@ -24,9 +24,13 @@ from servescope.runtime.health import Health
 from servescope.runtime.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
 from servescope.runtime.responses import JSONResponse
 from servescope.telemetry.metrics import ServiceMetrics, observe
+from servescope.telemetry.pipeline import PIPELINE
 from servescope.telemetry.tracing import step_span
 
 log = structlog.get_logger()
+# The classifier's one fault step (and its span), checked against the telemetry contract's
+# pipeline section at import.
+(INFER,) = PIPELINE.expect_steps("classifier", "infer", where=__name__)
 
 
 class ModelState:
@@ -132,7 +136,9 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         lifespan=lifespan,
         telemetry=FASTAPI_TELEMETRY_OFF,
     )
-    faults = instrument_app(app, metrics, health, settings, fault_steps=("inference",))
+    faults = instrument_app(
+        app, metrics, health, settings, fault_steps=PIPELINE.fault_steps("classifier")
+    )
 
     @app.get("/v2")
     async def server_metadata() -> Response:
@@ -169,13 +175,13 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         feeds = oip.decode_inputs(payload, model, settings.max_batch_size)
         names = oip.requested_outputs(payload, model)
         first = next(iter(feeds.values()))
-        with step_span("inference") as span:
+        with step_span(INFER.span) as span:
             span.set_attribute("servescope.model.name", model.name)
             span.set_attribute("servescope.model.version", model.version)
             span.set_attribute(
                 "servescope.inference.batch_size", int(first.shape[0]) if first.ndim else 1
             )
-            await faults.inject("inference")
+            await faults.inject(INFER.name)
             started = time.perf_counter()
             try:
                 if settings.offload_inference:

@@ -7,18 +7,29 @@ Three signals over a sliding window of the most recent inputs:
 * class_psi: PSI of the predicted-class distribution against the training class prior.
 * mean_intensity_shift: |window mean intensity - training mean intensity|.
 
+Their thresholds are declared in the telemetry contract's pipeline section (THRESHOLDS).
 The window sums are kept incrementally, so an update costs O(bins) whatever the window.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-THRESHOLDS = {"pixel_psi": 0.25, "class_psi": 0.25, "mean_intensity_shift": 0.1}
+from servescope.telemetry.pipeline import PIPELINE
+
+# The signals scores() computes, checked against the declared ones at import.
+PIXEL_PSI, CLASS_PSI, MEAN_INTENSITY_SHIFT = (
+    s.name
+    for s in PIPELINE.expect_drift_signals(
+        "pixel_psi", "class_psi", "mean_intensity_shift", where=__name__
+    )
+)
+THRESHOLDS: Mapping[str, float] = PIPELINE.drift_thresholds
 _EPS = 1e-4  # floor for proportions in PSI, so empty bins do not give infinities
 
 
@@ -108,9 +119,9 @@ class DriftMonitor:
         result = dict.fromkeys(THRESHOLDS, 0.0)
         if n >= self.min_pixels:
             total = self._pixel_counts.sum()
-            result["pixel_psi"] = psi(self._pixel_counts / total, self.reference.pixel_proportions)
-            result["mean_intensity_shift"] = abs(self._mean_sum / n - self.reference.mean_intensity)
+            result[PIXEL_PSI] = psi(self._pixel_counts / total, self.reference.pixel_proportions)
+            result[MEAN_INTENSITY_SHIFT] = abs(self._mean_sum / n - self.reference.mean_intensity)
         classified = self._class_counts.sum()
         if classified >= self.min_classes:
-            result["class_psi"] = psi(self._class_counts / classified, self.reference.class_prior)
+            result[CLASS_PSI] = psi(self._class_counts / classified, self.reference.class_prior)
         return result

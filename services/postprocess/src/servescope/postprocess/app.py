@@ -21,9 +21,13 @@ from servescope.runtime.health import Health
 from servescope.runtime.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
 from servescope.runtime.responses import JSONResponse
 from servescope.telemetry.metrics import ServiceMetrics
+from servescope.telemetry.pipeline import PIPELINE
 from servescope.telemetry.tracing import step_span
 
 log = structlog.get_logger()
+# Postprocess's one fault step (and its span), checked against the telemetry contract's
+# pipeline section at import.
+(SOFTMAX_TOPK,) = PIPELINE.expect_steps("postprocess", "softmax_topk", where=__name__)
 
 
 class PostprocessRequest(BaseModel):
@@ -58,7 +62,9 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         lifespan=lifespan,
         telemetry=FASTAPI_TELEMETRY_OFF,
     )
-    faults = instrument_app(app, metrics, health, settings, fault_steps=("softmax",))
+    faults = instrument_app(
+        app, metrics, health, settings, fault_steps=PIPELINE.fault_steps("postprocess")
+    )
 
     @app.post("/v1/postprocess")
     async def postprocess(http_request: Request) -> Response:
@@ -76,11 +82,11 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
             raise ServiceError(
                 422, "invalid_logits", "logits must be finite numbers", "postprocess"
             )
-        await faults.inject("softmax")
         card = cards.get(request.model_name)
         labels = labels_for(len(request.logits), card.labels if card else None)
         temperature = card.temperature if card else 1.0
-        with step_span("softmax_topk") as span:
+        with step_span(SOFTMAX_TOPK.span) as span:
+            await faults.inject(SOFTMAX_TOPK.name)  # inside the span, so traces show it
             result = score(
                 np.asarray(request.logits),
                 labels,

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from PIL import Image
 
 from servescope.preprocess import downstream
-from servescope.preprocess.pipeline import Pipeline
+from servescope.preprocess.pipeline import FAULT_STEPS, Pipeline
 from servescope.preprocess.settings import Settings
 from servescope.preprocess.upload import extract_image
 from servescope.runtime.bodies import read_body
@@ -46,9 +46,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         lifespan=lifespan,
         telemetry=FASTAPI_TELEMETRY_OFF,
     )
-    faults = instrument_app(
-        app, metrics, health, settings, fault_steps=("decode", "resize", "normalise")
-    )
+    faults = instrument_app(app, metrics, health, settings, fault_steps=FAULT_STEPS)
 
     @app.post("/v1/predict")
     async def predict(request: Request, top_k: int | None = Query(None, ge=1, le=100)) -> Response:

@@ -19,9 +19,19 @@ from servescope.preprocess.settings import Settings
 from servescope.runtime.errors import ServiceError
 from servescope.runtime.faults import Faults
 from servescope.telemetry.metrics import ServiceMetrics, observe
+from servescope.telemetry.pipeline import PIPELINE
 from servescope.telemetry.tracing import step_span
 
-STAGES = ("decode", "preprocess", "infer", "postprocess", "end_to_end")
+# The stages this module times and the fault steps it runs, as the telemetry contract's
+# pipeline section declares them; a mismatch fails here, at import, naming this module.
+DECODE, PREPROCESS, INFER, POSTPROCESS, END_TO_END = PIPELINE.expect_stages(
+    "decode", "preprocess", "infer", "postprocess", "end_to_end", where=__name__
+)
+STEP_DECODE, STEP_RESIZE, STEP_NORMALISE = PIPELINE.expect_steps(
+    "preprocess", "decode", "resize", "normalise", where=__name__
+)
+STAGES = PIPELINE.stage_names
+FAULT_STEPS = PIPELINE.fault_steps("preprocess")
 
 log = structlog.get_logger()
 
@@ -53,7 +63,7 @@ class Pipeline:
         outcomes = metrics.contract.label_rules["outcome"].values
         self._outbound = {
             (peer, outcome): outbound.labels(peer, outcome)
-            for peer in ("classifier", "postprocess")
+            for peer in PIPELINE.service("preprocess").calls
             for outcome in outcomes
         }
         self.limits = ImageLimits(settings.max_pixels, settings.min_side)
@@ -121,7 +131,7 @@ class Pipeline:
         try:
             return await self._predict(image_bytes, top_k)
         finally:
-            self._observe("end_to_end", time.perf_counter() - started)
+            self._observe(END_TO_END.name, time.perf_counter() - started)
 
     async def _predict(self, image_bytes: bytes, top_k: int | None) -> dict[str, Any]:
         model = self.model
@@ -132,9 +142,9 @@ class Pipeline:
         structlog.contextvars.bind_contextvars(model_name=model.name, model_version=model.version)
         mark = time.perf_counter()
         try:
-            with step_span("decode") as span:
+            with step_span(STEP_DECODE.span) as span:
                 span.set_attribute("servescope.input.bytes", len(image_bytes))
-                await self.faults.inject("decode")
+                await self.faults.inject(STEP_DECODE.name)
                 try:
                     image = decode_image(image_bytes, self.limits)
                 except ServiceError as exc:
@@ -145,20 +155,20 @@ class Pipeline:
                 span.set_attribute("servescope.image.height", image.height)
         finally:
             now = time.perf_counter()
-            self._observe("decode", now - mark)
+            self._observe(DECODE.name, now - mark)
             mark = now
-        with step_span("resize") as span:
-            await self.faults.inject("resize")
+        with step_span(STEP_RESIZE.span) as span:
+            await self.faults.inject(STEP_RESIZE.name)
             resized = resize(image, model.spec)
             span.set_attribute("servescope.image.width", resized.width)
             span.set_attribute("servescope.image.height", resized.height)
-        with step_span("normalise") as span:
-            await self.faults.inject("normalise")
+        with step_span(STEP_NORMALISE.span) as span:
+            await self.faults.inject(STEP_NORMALISE.name)
             tensor = normalise(resized, model.spec)
             span.set_attribute("servescope.model.name", model.name)
             span.set_attribute("servescope.model.version", model.version)
         now = time.perf_counter()
-        self._observe("preprocess", now - mark)
+        self._observe(PREPROCESS.name, now - mark)
         mark = now
         answer = await downstream.call(
             self.session,
@@ -178,7 +188,7 @@ class Pipeline:
             record=self._recorder("classifier"),
         )
         now = time.perf_counter()
-        self._observe("infer", now - mark)
+        self._observe(INFER.name, now - mark)
         mark = now
         try:
             output = next(o for o in answer["outputs"] if o["name"] == model.output_name)
@@ -204,7 +214,7 @@ class Pipeline:
             },
             record=self._recorder("postprocess"),
         )
-        self._observe("postprocess", time.perf_counter() - mark)
+        self._observe(POSTPROCESS.name, time.perf_counter() - mark)
         result["model_name"] = model.name
         result["model_version"] = served_version
         return result

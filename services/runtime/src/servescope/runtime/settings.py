@@ -35,7 +35,9 @@ class CommonSettings(TelemetrySettings):
         description="Enables /admin/faults, guarded by this bearer token. Unset: no admin routes.",
     )
     fault_stage: str | None = Field(
-        None, description="Step to slow down at startup (preprocess: decode, resize, normalise)."
+        None,
+        description="Fault step to slow down at startup (the service's steps are in the "
+        "telemetry contract's pipeline section).",
     )
     fault_delay_seconds: float = Field(
         0.0, ge=0, le=30, description="Extra delay in fault_stage; 0 = no fault."

@@ -1,7 +1,10 @@
 """The telemetry contract (contract.yaml), loaded and checked.
 
 Both the code that creates metrics and the tests that scrape the services read this one
-file, so the declaration, the code and the docs cannot disagree.
+file, so the declaration, the code and the docs cannot disagree. The pipeline's facts
+(servescope.telemetry.pipeline) live in the same file: the `stage`, `step` and `signal`
+label values, the step spans and the lists in help texts are derived from them here, and
+loading fails, naming the stale entry, where the rest of the file disagrees with them.
 """
 
 from __future__ import annotations
@@ -14,7 +17,12 @@ from typing import Any
 
 import yaml
 
+from servescope.telemetry.pipeline import Pipeline, PipelineError
+from servescope.telemetry.pipeline import parse as parse_pipeline
+
 METRIC_TYPES = {"counter", "gauge", "histogram"}
+# Labels whose values the pipeline section declares: label -> `from:` in label_values.
+DERIVED_LABELS = {"stage": "pipeline.stages", "step": "pipeline.steps", "signal": "pipeline.drift"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ class Contract:
     bucket_sets: dict[str, tuple[float, ...]]
     spans: tuple[SpanSpec, ...] = ()
     log_fields: dict[str, str] | None = None
+    pipeline: Pipeline | None = None
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -89,14 +98,34 @@ class ContractError(ValueError):
 
 
 def _parse(raw: dict[str, Any]) -> Contract:
+    try:
+        pipeline = parse_pipeline(raw["pipeline"])
+    except PipelineError as exc:
+        raise ContractError(str(exc)) from exc
     buckets = {k: tuple(float(b) for b in v) for k, v in raw["bucket_sets"].items()}
     rules: dict[str, LabelRule] = {}
     for name, rule in raw["label_values"].items():
         if isinstance(rule, list):
             rules[name] = LabelRule(name, tuple(str(v) for v in rule))
+            if name in DERIVED_LABELS and rules[name].values != derived_values(pipeline, name):
+                raise ContractError(
+                    f"contract.yaml label_values.{name} lists {list(rules[name].values)}, but "
+                    f"the pipeline section declares {list(derived_values(pipeline, name))}: "
+                    f"write `{name}: {{from: {DERIVED_LABELS[name]}}}`"
+                )
+        elif "from" in rule:
+            if DERIVED_LABELS.get(name) != rule["from"]:
+                raise ContractError(
+                    f"contract.yaml label_values.{name}: cannot take values from "
+                    f"{rule['from']!r} (known: "
+                    + ", ".join(f"{label} from {src}" for label, src in DERIVED_LABELS.items())
+                    + ")"
+                )
+            rules[name] = LabelRule(name, derived_values(pipeline, name))
         else:
             rules[name] = LabelRule(name, pattern=rule["pattern"], note=rule.get("note", ""))
     routes = {svc: tuple(body["routes"]) for svc, body in raw["services"].items()}
+    _check_pipeline(pipeline, routes)
     metrics: list[MetricSpec] = []
     for item, runtime in [(m, False) for m in raw["metrics"]] + [
         (m, True) for m in raw.get("runtime_metrics", [])
@@ -105,7 +134,7 @@ def _parse(raw: dict[str, Any]) -> Contract:
             name=item["name"],
             type=item["type"],
             unit=str(item["unit"]),
-            help=" ".join(str(item["help"]).split()),
+            help=_expand(" ".join(str(item["help"]).split()), pipeline, item["name"]),
             services=tuple(item.get("services", routes)),
             labels=tuple(item.get("labels", [])),
             buckets=buckets[item["buckets"]] if "buckets" in item else (),
@@ -125,18 +154,118 @@ def _parse(raw: dict[str, Any]) -> Contract:
         unmatched_route=raw["unmatched_route"],
         max_class_labels=int(raw["max_class_labels"]),
         bucket_sets=buckets,
-        spans=tuple(
+        spans=_spans(raw.get("spans", []), pipeline),
+        log_fields={str(k): " ".join(str(v).split()) for k, v in raw.get("log_fields", {}).items()},
+        pipeline=pipeline,
+    )
+
+
+def derived_values(pipeline: Pipeline, label: str) -> tuple[str, ...]:
+    """The values of a label the pipeline section declares (stage, step or signal)."""
+    return {
+        "stage": pipeline.stage_names,
+        "step": pipeline.step_names,
+        "signal": tuple(s.name for s in pipeline.drift),
+    }[label]
+
+
+def _check_pipeline(pipeline: Pipeline, routes: dict[str, tuple[str, ...]]) -> None:
+    unknown = [s for s in pipeline.service_names if s not in routes]
+    if unknown:
+        raise ContractError(
+            f"contract.yaml pipeline.services {unknown} have no entry under services:"
+        )
+    declared = [r for service in pipeline.service_names for r in routes[service]]
+    for probe in pipeline.probe_routes:
+        if not any(re.fullmatch(probe, route) for route in declared):
+            raise ContractError(
+                f"contract.yaml pipeline.probe_routes: {probe!r} matches no declared route"
+            )
+
+
+_PLACEHOLDER = re.compile(r"\{pipeline\.([a-z_]+)\}")
+
+
+def _expand(text: str, pipeline: Pipeline, where: str) -> str:
+    """Write out {pipeline.stages}, {pipeline.steps} and {pipeline.drift} in a text."""
+
+    def number(value: float) -> str:
+        return f"{value:g}"
+
+    lists = {
+        "stages": ", ".join(f"{s.name} ({s.meaning})" for s in pipeline.stages),
+        "steps": "; ".join(
+            f"{service}: {', '.join(pipeline.fault_steps(service))}"
+            for service in pipeline.service_names
+            if pipeline.fault_steps(service)
+        ),
+        "drift": ", ".join(
+            f"{s.name} ({s.meaning}; drift above {number(s.threshold)})" for s in pipeline.drift
+        ),
+    }
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1) not in lists:
+            raise ContractError(
+                f"{where}: unknown placeholder {match.group(0)} (known: "
+                + ", ".join(f"{{pipeline.{k}}}" for k in lists)
+                + ")"
+            )
+        return lists[match.group(1)]
+
+    return _PLACEHOLDER.sub(replace, text)
+
+
+def _spans(items: list[dict[str, Any]], pipeline: Pipeline) -> tuple[SpanSpec, ...]:
+    """Declared spans; an entry `step: NAME` is the INTERNAL span of that pipeline step."""
+    spans: list[SpanSpec] = []
+    covered: list[str] = []
+    for item in items:
+        if "step" in item:
+            try:
+                step = pipeline.step(str(item["step"]))
+            except KeyError as exc:
+                raise ContractError(
+                    f"contract.yaml spans: step {item['step']!r} is not a pipeline step "
+                    f"(the pipeline section declares {', '.join(pipeline.step_names)})"
+                ) from exc
+            covered.append(step.name)
+            spans.append(
+                SpanSpec(
+                    name=step.span,
+                    kind="INTERNAL",
+                    services=(step.service,),
+                    attributes=tuple(item["attributes"]),
+                    meaning=step.meaning,
+                )
+            )
+            continue
+        name = str(item["name"])
+        if name in pipeline.step_names:
+            raise ContractError(
+                f"contract.yaml spans: {name!r} is a pipeline step; declare it as "
+                f"`- step: {name}` (its name, service and meaning come from the pipeline)"
+            )
+        spans.append(
             SpanSpec(
-                name=str(item["name"]),
+                name=name,
                 kind=str(item["kind"]),
                 services=tuple(item["services"]),
                 attributes=tuple(item["attributes"]),
                 meaning=" ".join(str(item["meaning"]).split()),
             )
-            for item in raw.get("spans", [])
-        ),
-        log_fields={str(k): " ".join(str(v).split()) for k, v in raw.get("log_fields", {}).items()},
-    )
+        )
+    missing = [s for s in pipeline.step_names if s not in covered]
+    twice = sorted({s for s in covered if covered.count(s) > 1})
+    if missing or twice:
+        raise ContractError(
+            "contract.yaml spans: "
+            + "; ".join(
+                ([f"pipeline steps without a `- step:` span entry: {missing}"] if missing else [])
+                + ([f"steps with more than one span entry: {twice}"] if twice else [])
+            )
+        )
+    return tuple(spans)
 
 
 def _check(spec: MetricSpec, rules: dict[str, LabelRule], routes: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from servescope.cli.paths import repo_root
+from servescope.cli.paths import bundled_model_card, repo_root
 from servescope.cli.slo import render_repository_rules
 from servescope.cli.telemetry_docs import render_markdown
 from servescope.dashboards import generators as dashboard_generators
@@ -23,6 +23,9 @@ def generators(root: Path) -> dict[str, Callable[[], str]]:
         "deploy/prometheus/rules/slos.generated.yml": render_repository_rules,
         # Grafana dashboards from servescope.dashboards, one JSON file each (`make dashboards`).
         **dashboard_generators(root),
+        # The postprocess image's copy of the bundled model's card (labels, calibration), so
+        # its Dockerfile copies from its own folder only; the classifier's is the source.
+        "services/postprocess/model/model-card.json": bundled_model_card().read_text,
     }
 
 

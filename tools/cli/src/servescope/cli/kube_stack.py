@@ -6,8 +6,8 @@ with subprocess from the repository root. `--dry-run` prints the exact commands 
 
 Files that other issues own are read where they live, never copied: Alertmanager's routes
 (deploy/alertmanager/alertmanager.yml) become `alertmanager.config` in a values file generated
-under .run/stack/, its templates and the Fluent Bit Lua filters (deploy/fluent-bit/*.lua) are
-passed with `--set-file`. Whatever does not exist yet is simply left out. A YAML file's
+under .run/stack/, its templates and the Fluent Bit Lua filters (the `setFiles` globs of
+deploy/stack/stack.yaml; none exists yet) are passed with `--set-file`. Whatever does not exist yet is simply left out. A YAML file's
 `replaceUrlPrefixes` turns local-mode addresses into in-cluster ones on the way (the
 responder's webhook URL: 127.0.0.1:9095 locally, the app chart's responder Service here).
 """

@@ -37,6 +37,8 @@ from typing import Any
 import yaml
 
 from servescope.cli.paths import repo_root
+from servescope.cli.promql import PromQLError, Selector
+from servescope.cli.promql import selectors as promql_selectors
 from servescope.telemetry.contract import Contract, MetricSpec, load_contract
 
 SLOTH_SPEC_VERSION = "prometheus/v1"
@@ -385,48 +387,12 @@ EXTERNAL_SERIES = re.compile(r"^(up|kube_[a-z0-9_]+|container_[a-z0-9_]+)$")
 TARGET_LABELS = frozenset(
     {"job", "instance", "namespace", "service", "pod", "container", "endpoint", "environment"}
 )
-_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
-_KEYWORDS = frozenset(
-    {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
-     "offset", "bool", "atan2", "inf", "nan"}
-)  # fmt: skip
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
-_SELECTOR = re.compile(r"(?<![\w.:])([A-Za-z_:][A-Za-z0-9_:]*)\s*(\{[^}]*\})?\s*(\()?")
-_MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*\x00(\d+)\x00")
-
-
-@dataclass(frozen=True)
-class Selector:
-    metric: str
-    matchers: tuple[tuple[str, str, str], ...]  # (label, op, value)
 
 
 def selectors(expr: str) -> list[Selector]:
-    """The series selectors of a PromQL expression (metric name and label matchers).
-
-    A scan, not a parser: enough to check rule and SLO queries against the contract.
-    String literals are set aside first, so braces inside label values (route templates)
-    and label_replace arguments cannot confuse it.
-    """
-    strings: list[str] = []
-
-    def stash(match: re.Match[str]) -> str:
-        strings.append(match.group(0)[1:-1])
-        return f"\x00{len(strings) - 1}\x00"
-
-    text = _STRING.sub(stash, _WINDOW_TEMPLATE.sub("5m", expr))
-    text = re.sub(r"\[[^\]]*\]", " ", text)  # range and subquery durations
-    text = _GROUPING.sub(" ", text)
-    found: list[Selector] = []
-    for match in _SELECTOR.finditer(text):
-        name, braces, call = match.groups()
-        if call or name.lower() in _KEYWORDS:
-            continue
-        matchers = tuple(
-            (label, op, strings[int(index)]) for label, op, index in _MATCHER.findall(braces or "")
-        )
-        found.append(Selector(name, matchers))
-    return found
+    """The series selectors of a rule or SLO query, by the PromQL parser (SLO queries may
+    hold the window template, read as 5m)."""
+    return promql_selectors(_WINDOW_TEMPLATE.sub("5m", expr))
 
 
 def declared_metric(contract: Contract, series: str) -> tuple[MetricSpec, str] | None:
@@ -445,7 +411,13 @@ def check_expression(expr: str, contract: Contract, known_records: Iterable[str]
     """Problems with the series an expression reads: undeclared names, labels, buckets."""
     records = set(known_records)
     problems: list[str] = []
-    for sel in selectors(expr):
+    try:
+        found_selectors = selectors(expr)
+    except PromQLError as exc:
+        return [str(exc)]
+    for sel in found_selectors:
+        if sel.metric is None:  # {job="x"}: no name to hold to the contract
+            continue
         if sel.metric in records or EXTERNAL_SERIES.match(sel.metric):
             continue
         found = declared_metric(contract, sel.metric)

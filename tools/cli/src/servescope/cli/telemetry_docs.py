@@ -11,6 +11,43 @@ def _values(rule: LabelRule) -> str:
     return f"pattern `{rule.pattern}`" + (f" ({rule.note})" if rule.note else "")
 
 
+def _pipeline(contract: Contract) -> list[str]:
+    """The pipeline section: stages and steps, services, probe routes, drift thresholds."""
+    pipeline = contract.pipeline
+    if pipeline is None:
+        return []
+    out = [
+        "## Pipeline",
+        "",
+        "The stages of a prediction, in order, as the edge times them (label `stage` of",
+        "`servescope_stage_duration_seconds`), the service doing each, and its fault-injection",
+        "steps (label `step` of `servescope_fault_delay_seconds`, `SERVESCOPE_FAULT_STAGE`,",
+        "`/admin/faults/{step}`; each step is also an INTERNAL span of the same name).",
+        "",
+        "| stage | service | steps | meaning |",
+        "|---|---|---|---|",
+    ]
+    for stage in pipeline.stages:
+        steps = " ".join(f"`{step.name}`: {step.meaning}" for step in stage.steps) or "-"
+        out.append(f"| `{stage.name}` | {stage.service} | {steps} | {stage.meaning} |")
+    out += ["", "Services, in call order:", ""]
+    for service in pipeline.services:
+        calls = f" Calls {', '.join(service.calls)}." if service.calls else ""
+        out.append(f"- **{service.name}**: {service.meaning}{calls}")
+    out += [
+        "",
+        "Probe, scrape and admin routes, left out of every request rate (`http_route!~` in",
+        f"the rules and dashboards): `{pipeline.probe_regex}`.",
+        "",
+        "| drift signal | drifted above | meaning |",
+        "|---|---|---|",
+    ]
+    for signal in pipeline.drift:
+        out.append(f"| `{signal.name}` | {signal.threshold:g} | {signal.meaning} |")
+    out.append("")
+    return out
+
+
 def render_markdown(contract: Contract | None = None) -> str:
     contract = contract or load_contract()
     out = [
@@ -24,6 +61,7 @@ def render_markdown(contract: Contract | None = None) -> str:
         "checks their exposition against it both ways. Scrape `/metrics` on each service's own",
         "port; OpenMetrics (with exemplars carrying `trace_id`) when the scraper asks for it.",
         "",
+        *_pipeline(contract),
         "## Metrics",
         "",
         "| name | type | unit | labels | services | meaning |",

@@ -18,4 +18,5 @@ COMMANDS = (
     "dashboards",
     "generate",
     "bench",
+    "lab",
 )

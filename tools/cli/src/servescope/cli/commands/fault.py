@@ -9,6 +9,7 @@ import orjson
 
 from servescope.cli.local.services import DEFAULT_PORTS
 from servescope.cli.output import say as _say
+from servescope.telemetry.pipeline import PIPELINE
 
 
 def cmd_fault(args: argparse.Namespace) -> int:
@@ -45,7 +46,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fault.add_argument("service", choices=sorted(DEFAULT_PORTS))
     fault.add_argument(
         "step",
-        help="preprocess: decode, resize, normalise; classifier: inference; postprocess: softmax",
+        help="; ".join(
+            f"{service}: {', '.join(PIPELINE.fault_steps(service))}"
+            for service in PIPELINE.service_names
+            if PIPELINE.fault_steps(service)
+        ),
     )
     fault.add_argument("seconds", type=float, help="extra delay; 0 turns the fault off")
     fault.add_argument("--port", type=int, help="the service's port if not the default")

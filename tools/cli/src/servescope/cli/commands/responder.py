@@ -6,7 +6,10 @@ import argparse
 import os
 import sys
 
-# Flag -> the responder's setting (SERVESCOPE_* variables, like every service's).
+from servescope.cli.paths import repo_root
+
+# Flag -> the responder's setting (SERVESCOPE_* variables, like every service's; the
+# responder's own carry SERVESCOPE_RESPONDER_, see services/responder/.../settings.py).
 FLAGS = {
     "host": "SERVESCOPE_HOST",
     "port": "SERVESCOPE_PORT",
@@ -14,17 +17,36 @@ FLAGS = {
     "incident_dir": "SERVESCOPE_RESPONDER_INCIDENT_DIR",
     "window": "SERVESCOPE_RESPONDER_WINDOW",
     "runbook_base_url": "SERVESCOPE_RESPONDER_RUNBOOK_BASE_URL",
+    "runbook_dir": "SERVESCOPE_RESPONDER_RUNBOOK_DIR",
     "trace_url_template": "SERVESCOPE_RESPONDER_TRACE_URL_TEMPLATE",
+    "query_timeout_seconds": "SERVESCOPE_RESPONDER_QUERY_TIMEOUT_SECONDS",
     "max_traces": "SERVESCOPE_RESPONDER_MAX_TRACES",
     "log_level": "SERVESCOPE_LOG_LEVEL",
 }
 
 
-def run(args: argparse.Namespace) -> int:
-    env = dict(os.environ)
+def environment(args: argparse.Namespace, base: dict[str, str]) -> dict[str, str]:
+    """`base` with the given flags as the responder's variables.
+
+    Only the CLI knows where the checkout is: unless set, notes check runbook pages in its
+    runbooks/ directory.
+    """
+    env = dict(base)
     env.update(
-        {var: str(getattr(args, flag)) for flag, var in FLAGS.items() if getattr(args, flag)}
+        {
+            var: str(getattr(args, flag))
+            for flag, var in FLAGS.items()
+            if getattr(args, flag) is not None
+        }
     )
+    runbooks = repo_root() / "runbooks"
+    if FLAGS["runbook_dir"] not in env and runbooks.is_dir():
+        env[FLAGS["runbook_dir"]] = str(runbooks)
+    return env
+
+
+def run(args: argparse.Namespace) -> int:
+    env = environment(args, dict(os.environ))
     os.execve(sys.executable, [sys.executable, "-m", "servescope.responder"], env)  # noqa: S606
 
 
@@ -39,7 +61,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--incident-dir", help="notes go here (default .run/incidents)")
     parser.add_argument("--window", help="range of the diagnostic queries (default 5m)")
     parser.add_argument("--runbook-base-url", help="base for relative runbook_url annotations")
+    parser.add_argument(
+        "--runbook-dir", help="runbook pages to check links against (default: runbooks/)"
+    )
     parser.add_argument("--trace-url-template", help="trace link with {trace_id}, e.g. Jaeger's")
+    parser.add_argument(
+        "--query-timeout-seconds", type=float, help="longest wait per Prometheus query (5)"
+    )
     parser.add_argument("--max-traces", type=int, help="trace ids per note (default 5)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=run)
