@@ -391,12 +391,12 @@ def check(ctx: CheckContext) -> None:
     wrong = sorted(
         tid for tid, values in sampled.items() if len(set(values)) == 1 and values[0] != reference_keeps(tid)
     )  # fmt: skip
-    if wrong:
-        ctx.fail(
-            "the decision for each trace id is OpenTelemetry's TraceIdRatioBased rule: keep "
-            "when the low 64 bits of the trace id are below 0.1 x 2^64",
-            _rule_hint(wrong, sampled),
-        )
+    ctx.require(
+        not wrong,
+        "the decision for each trace id is OpenTelemetry's TraceIdRatioBased rule: keep "
+        "when the low 64 bits of the trace id are below 0.1 x 2^64",
+        _rule_hint(wrong, sampled) if wrong else "",
+    )
 
 
 def _rule_hint(wrong: list[str], sampled: dict[str, list[bool]]) -> str:

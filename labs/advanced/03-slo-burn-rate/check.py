@@ -226,7 +226,10 @@ def scenario_test(scenario: Scenario, rules_path: Path, alert: str) -> dict[str,
 
 
 def _cli(ctx: CheckContext, *args: str) -> subprocess.CompletedProcess[str]:
-    """The project's own `servescope` command, run from the repository root."""
+    """The lab repository's own `servescope` command, run from its root."""
+    servescope = getattr(ctx, "servescope", None)
+    if servescope is not None:
+        return servescope(*args)  # type: ignore[no-any-return]
     return subprocess.run(
         [sys.executable, "-m", "servescope.cli", *args],
         cwd=ctx.root,
@@ -362,6 +365,15 @@ def _check_spec(ctx: CheckContext, data: Any) -> None:
         str(v)
         for kind in ("events", "raw")
         for v in ((slo.get("sli") or {}).get(kind) or {}).values()
+    )
+    ranges = sorted(set(re.findall(r"\[([^\]]*)\]", queries)) - {"{{.window}}"})
+    ctx.require(
+        not ranges,
+        "every rate() in the SLI uses the window template [{{.window}}]",
+        f"your queries also use {', '.join(f'[{r}]' for r in ranges)}. The generator writes "
+        "each query once per window (5m, 30m, 1h, ... 3d) by replacing {{.window}}; a fixed "
+        "range makes the 1-hour SLI divide 5-minute errors by 1-hour traffic, so the long "
+        "windows of the burn-rate alerts stop meaning what they say",
     )
     les = set(re.findall(r'le\s*=\s*"([^"]*)"', queries))
     ctx.require(

@@ -60,11 +60,16 @@ def test_up_starts_everything_reports_it_and_stops_cleanly_on_ctrl_c(tmp_path: P
         for port in (ports["pre"], ports["cls"], ports["post"]):
             assert http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
         assert http_get(f"http://127.0.0.1:{ports['resp']}/healthz")[0] == 200
-        time.sleep(2)  # the traffic generator sends to the edge
-        assert (tmp_path / "loadgen.log").is_file()
-        assert (
-            b'http_route="/v1/predict"' in http_get(f"http://127.0.0.1:{ports['pre']}/metrics")[1]
-        )
+        edge_metrics = f"http://127.0.0.1:{ports['pre']}/metrics"
+        deadline = time.monotonic() + 30  # the traffic generator reaches the edge
+        while b'http_route="/v1/predict"' not in http_get(edge_metrics)[1]:
+            assert time.monotonic() < deadline, "no traffic reached the edge in 30 s"
+            time.sleep(0.5)
+        # Prometheus scrapes the responder too, as the chart's ServiceMonitor does.
+        targets = f"http://127.0.0.1:{ports['prom']}/api/v1/targets"
+        while b'"job":"responder"' not in http_get(targets)[1]:
+            assert time.monotonic() < deadline, "Prometheus has no responder target"
+            time.sleep(0.5)
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=60)
     finally:

@@ -20,7 +20,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     action = args.lab_command
     try:
         if action == "list":
-            return runner.list()
+            return runner.list_labs()
         if action == "status":
             return runner.status()
         if action == "stop":

@@ -20,6 +20,7 @@ import contextlib
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -87,7 +88,7 @@ async def _run(args: argparse.Namespace, token: str) -> None:
         loop.add_signal_handler(sig, task.cancel if task else lambda: None)
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        jobs = [asyncio.create_task(run_load(config, progress=None))]
+        jobs: list[asyncio.Task[Any]] = [asyncio.create_task(run_load(config, progress=None))]
         if args.probe:
             jobs.append(asyncio.create_task(_probe(session, args.probe)))
         jobs += [asyncio.create_task(_pulse(session, spec, token)) for spec in args.pulse]

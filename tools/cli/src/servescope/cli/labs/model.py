@@ -10,7 +10,8 @@
                   (e.g. to pick a random fault and remember it in ctx.state)
 
 lab.yaml keys: id, stage, title, minutes, prerequisites, needs ([services, prometheus,
-alertmanager], any subset), env ({service or "*": {VAR: value}}), faults
+alertmanager], any subset), env ({service or "*": {VAR: value}}; "{lab}" and "{root}" in a
+value become the lab's folder and the repository), faults
 (["service:step:seconds"]), hints (weakest first), answer ({prompt: ...}, for labs graded by
 `servescope lab answer`). Optional keys this runner also reads: env_files ({service: file in
 work/}, KEY=VALUE lines layered over env when the stack starts), allow_unready (services

@@ -186,7 +186,8 @@ def stop_processes(
 ) -> list[str]:
     """Stop the recorded processes (the last started first) except those `keep` names;
     the record loses the stopped ones. Returns the names stopped."""
-    stopped, kept = [], []
+    stopped: list[str] = []
+    kept: list[dict[str, Any]] = []
     for entry in reversed(record.get("processes", [])):
         if keep(entry["name"]):
             kept.insert(0, entry)
@@ -331,6 +332,14 @@ class LabStack:
                 "on other ports: `servescope lab start ID --port-base 18000`."
             )
 
+    def _lab_env(self, service: str) -> dict[str, str]:
+        """lab.yaml's env for one service, with {lab} (the lab's folder) and {root} (the
+        repository) replaced by their paths."""
+        return {
+            key: value.replace("{lab}", str(self.lab.path)).replace("{root}", str(self.root))
+            for key, value in self.lab.env.get(service, {}).items()
+        }
+
     def service_env(self) -> dict[str, dict[str, str]]:
         if not self.token_file.exists():
             self.token_file.parent.mkdir(parents=True, exist_ok=True)
@@ -344,11 +353,11 @@ class LabStack:
             "OTEL_BSP_SCHEDULE_DELAY": "500",
             "PYTHONPATH": python_path(self.root),
         }
-        env: dict[str, dict[str, str]] = {"*": {**common, **self.lab.env.get("*", {})}}
+        env: dict[str, dict[str, str]] = {"*": {**common, **self._lab_env("*")}}
         for name in SERVICES:
             env[name] = {
                 "SERVESCOPE_TRACE_FILE": str(self.trace_dir / f"{name}.jsonl"),
-                **self.lab.env.get(name, {}),
+                **self._lab_env(name),
             }
             env_file = self.lab.env_files.get(name)
             if env_file:

@@ -107,8 +107,10 @@ class Runner:
         def save_state(state: dict[str, Any]) -> None:
             self.store.save_state(lab.id, state)
 
-        def record_answer(text: str) -> None:
-            self.store.update_progress(lab.id, answer=text, answered_at=time.time())
+        def record_answer(text: str) -> None:  # the reference solution's answer
+            self.store.update_progress(
+                lab.id, answer=text, answered_at=time.time(), answer_by="solution"
+            )
 
         return CheckContext(
             lab=lab,
@@ -137,7 +139,7 @@ class Runner:
             return f"started ({minutes(now - float(entry['started_at']))} ago)"
         return "not started"
 
-    def list(self) -> int:
+    def list_labs(self) -> int:
         labs = discover(self.root)
         if not labs:
             self.say(f"no labs under {self.root / 'labs'}")
@@ -397,7 +399,9 @@ class Runner:
             raise LabError(f"write your answer after the lab id: {lab.answer_prompt or ''}")
         if lab.answer_prompt is None:
             self.say(f"note: {lab.id} is graded by `servescope lab check`; recording anyway")
-        self.store.update_progress(lab.id, answer=text, answered_at=time.time())
+        self.store.update_progress(
+            lab.id, answer=text, answered_at=time.time(), answer_by="learner"
+        )
         self.say(f"answer recorded: {text}")
         return self.check(lab.id)
 
@@ -414,6 +418,8 @@ class Runner:
             )
         edits = workspace_edits(lab) if lab.workspace.is_dir() else []
         edits += repo_edits(self.root, self.store, lab)
+        if self.store.lab_progress(lab.id).get("answer_by") == "learner":
+            edits.append("your answer")
         if edits and not force:
             raise LabError(
                 f"not overwriting your edits ({', '.join(edits)}). Keep working, or run "

@@ -41,7 +41,8 @@ def prepare_workspace(lab: Lab, force: bool = False) -> tuple[list[str], list[st
     """Copy starter/ into work/: missing files are created, files that differ from the starter
     are kept unless `force`. Returns (written, kept)."""
     lab.workspace.mkdir(parents=True, exist_ok=True)
-    written, kept = [], []
+    written: list[str] = []
+    kept: list[str] = []
     for relative, source in files_under(lab.starter).items():
         target = lab.workspace / relative
         if target.is_file() and _same(source, target):

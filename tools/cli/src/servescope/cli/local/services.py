@@ -46,10 +46,12 @@ def prometheus_config(
     prometheus_port: int,
     scrape_interval: str | None = None,
     alertmanager_port: int | None = None,
+    responder_port: int | None = None,
 ) -> dict[str, Any]:
     """deploy/local/prometheus.yml with the targets moved to the ports actually used.
 
-    With `alertmanager_port`, alerts go to the Alertmanager on that port of 127.0.0.1.
+    With `alertmanager_port`, alerts go to the Alertmanager on that port of 127.0.0.1; with
+    `responder_port`, the responder is scraped too.
     """
     source = repo_root() / "deploy" / "local" / "prometheus.yml"
     config: dict[str, Any] = yaml.safe_load(source.read_text())
@@ -57,8 +59,13 @@ def prometheus_config(
     config["rule_files"] = [
         str((source.parent / pattern).resolve()) for pattern in config.get("rule_files") or []
     ]
+    ports = {**ports, "prometheus": prometheus_port}
+    if responder_port is not None:
+        ports["responder"] = responder_port
+    # A job whose process does not run here (the responder without alerting) is left out.
+    config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] in ports]
     for job in config["scrape_configs"]:
-        port = prometheus_port if job["job_name"] == "prometheus" else ports[job["job_name"]]
+        port = ports[job["job_name"]]
         for static in job["static_configs"]:
             static["targets"] = [f"127.0.0.1:{port}"]
     if alertmanager_port is not None:

@@ -160,6 +160,7 @@ class LocalSession:
             self.stack.ports,
             self.prometheus_port,
             alertmanager_port=self.alerting.alertmanager_port if self.alerting else None,
+            responder_port=self.responder_port if self.alerting else None,
         )
         if self.alerting is None:
             config.pop("alerting", None)
