@@ -124,11 +124,7 @@ def _trace_ids(rng: random.Random) -> list[str]:
     kept = N_TRACES // 10
     ids = []
     for index in range(N_TRACES):
-        low = (
-            rng.randrange(0, BOUND_INT)
-            if index < kept
-            else rng.randrange(BOUND_INT + 256, 2**64)
-        )
+        low = rng.randrange(0, BOUND_INT) if index < kept else rng.randrange(BOUND_INT + 256, 2**64)
         ids.append(f"{rng.getrandbits(64):016x}{low:016x}")
     ids += [f"{rng.getrandbits(64):016x}{BOUND_INT + d:016x}" for d in EDGE_OFFSETS]
     rng.shuffle(ids)
@@ -139,14 +135,45 @@ def build_records(seed: int = SEED) -> list[tuple[str, float, dict[str, Any]]]:
     rng = random.Random(seed)
     out = Records(seed)
     for service in SERVICES:
-        out.add(service, {"level": "info", "event": "Started server process [1]", "logger": "uvicorn.error"})
-        out.add(service, {"level": "info", "event": "Waiting for application startup.", "logger": "uvicorn.error"})
-    out.add("classifier", {"level": "info", "event": "model_loaded", "model_name": "digits", "model_version": "1", "sha256": "9f2c" * 16, "load_seconds": 0.412})  # fmt: skip
+        out.add(
+            service,
+            {"level": "info", "event": "Started server process [1]", "logger": "uvicorn.error"},
+        )
+        out.add(
+            service,
+            {
+                "level": "info",
+                "event": "Waiting for application startup.",
+                "logger": "uvicorn.error",
+            },
+        )
+    out.add(
+        "classifier",
+        {
+            "level": "info",
+            "event": "model_loaded",
+            "model_name": "digits",
+            "model_version": "1",
+            "sha256": "9f2c" * 16,
+            "load_seconds": 0.412,
+        },
+    )
     out.add("postprocess", {"level": "info", "event": "model_cards_loaded", "models": ["digits"]})
     out.add("preprocess", {"level": "warning", "event": "waiting_for_classifier", "retry_in": 1.0})
-    out.add("preprocess", {"level": "info", "event": "model_metadata_loaded", "model_name": "digits", "model_version": "1"})  # fmt: skip
+    out.add(
+        "preprocess",
+        {
+            "level": "info",
+            "event": "model_metadata_loaded",
+            "model_name": "digits",
+            "model_version": "1",
+        },
+    )
     for service in SERVICES:
-        out.add(service, {"level": "info", "event": "Application startup complete.", "logger": "uvicorn.error"})  # fmt: skip
+        out.add(
+            service,
+            {"level": "info", "event": "Application startup complete.", "logger": "uvicorn.error"},
+        )
 
     for number, trace_id in enumerate(_trace_ids(rng)):
         kind = rng.random()
@@ -170,35 +197,122 @@ def build_records(seed: int = SEED) -> list[tuple[str, float, dict[str, Any]]]:
             )
 
         if kind < 0.08:  # a bad upload: refused at the edge
-            reason = rng.choice(["undecodable_image", "image_too_small", "unsupported_media_type", "empty_body"])  # fmt: skip
-            out.add("preprocess", {"level": "warning", "event": "request_rejected", **base, "span_id": _span(rng), "kind": reason, "stage": "decode", "error": "the upload is not an image we can read"})  # fmt: skip
-            access("preprocess", 415 if reason == "unsupported_media_type" else 400, rng.uniform(1, 4))
+            reason = rng.choice(
+                ["undecodable_image", "image_too_small", "unsupported_media_type", "empty_body"]
+            )
+            out.add(
+                "preprocess",
+                {
+                    "level": "warning",
+                    "event": "request_rejected",
+                    **base,
+                    "span_id": _span(rng),
+                    "kind": reason,
+                    "stage": "decode",
+                    "error": "the upload is not an image we can read",
+                },
+            )
+            access(
+                "preprocess", 415 if reason == "unsupported_media_type" else 400, rng.uniform(1, 4)
+            )
         elif kind < 0.11:  # the classifier times out
-            out.add("classifier", {"level": "error", "event": "request_failed", **base, "span_id": _span(rng), "kind": "inference_failed", "stage": "infer", "error": "inference failed"})  # fmt: skip
+            out.add(
+                "classifier",
+                {
+                    "level": "error",
+                    "event": "request_failed",
+                    **base,
+                    "span_id": _span(rng),
+                    "kind": "inference_failed",
+                    "stage": "infer",
+                    "error": "inference failed",
+                },
+            )
             access("classifier", 500, rng.uniform(5, 40))
-            out.add("preprocess", {"level": "error", "event": "request_failed", **base, "span_id": _span(rng), "kind": "error", "stage": "classifier", "error": "the classifier answered 500"})  # fmt: skip
+            out.add(
+                "preprocess",
+                {
+                    "level": "error",
+                    "event": "request_failed",
+                    **base,
+                    "span_id": _span(rng),
+                    "kind": "error",
+                    "stage": "classifier",
+                    "error": "the classifier answered 500",
+                },
+            )
             access("preprocess", 502, rng.uniform(10, 60))
         elif kind < 0.115:  # a bug
-            out.add("postprocess", {"level": "error", "event": "unhandled_error", **base, "span_id": _span(rng), "error_type": "KeyError", "exception": 'Traceback (most recent call last):\n  File "/app/postprocess/app.py", line 88, in postprocess\n    label = card.labels[index]\nKeyError: 10'})  # fmt: skip
+            out.add(
+                "postprocess",
+                {
+                    "level": "error",
+                    "event": "unhandled_error",
+                    **base,
+                    "span_id": _span(rng),
+                    "error_type": "KeyError",
+                    "exception": 'Traceback (most recent call last):\n  File "/app/postprocess/app.py", line 88, in postprocess\n    label = card.labels[index]\nKeyError: 10',
+                },
+            )
             access("postprocess", 500, rng.uniform(1, 5))
             access("preprocess", 502, rng.uniform(10, 60))
         else:
             if debug:
-                out.add("preprocess", {"level": "debug", "event": "connect_tcp.started host='servescope-classifier' port=8001 local_address=None timeout=5.0", "logger": "httpcore.connection", **base, "span_id": _span(rng)})  # fmt: skip
-                out.add("preprocess", {"level": "debug", "event": "send_request_headers.complete", "logger": "httpcore.http11", **base, "span_id": _span(rng)})  # fmt: skip
+                out.add(
+                    "preprocess",
+                    {
+                        "level": "debug",
+                        "event": "connect_tcp.started host='servescope-classifier' port=8001 local_address=None timeout=5.0",
+                        "logger": "httpcore.connection",
+                        **base,
+                        "span_id": _span(rng),
+                    },
+                )
+                out.add(
+                    "preprocess",
+                    {
+                        "level": "debug",
+                        "event": "send_request_headers.complete",
+                        "logger": "httpcore.http11",
+                        **base,
+                        "span_id": _span(rng),
+                    },
+                )
             access("classifier", 200, rng.uniform(2, 15))
             access("postprocess", 200, rng.uniform(0.5, 3))
             if rng.random() < 0.02:
-                out.add("preprocess", {"level": "critical", "event": "event loop blocked for 1.2 s", "logger": "asyncio", **base, "span_id": _span(rng)})  # fmt: skip
+                out.add(
+                    "preprocess",
+                    {
+                        "level": "critical",
+                        "event": "event loop blocked for 1.2 s",
+                        "logger": "asyncio",
+                        **base,
+                        "span_id": _span(rng),
+                    },
+                )
             access("preprocess", 200, rng.uniform(8, 40))
         if number % 97 == 0:  # a line from outside any request
-            out.add("classifier", {"level": "warning", "event": "model_metadata_refresh_failed", "error": "timeout"})  # fmt: skip
+            out.add(
+                "classifier",
+                {"level": "warning", "event": "model_metadata_refresh_failed", "error": "timeout"},
+            )
         if number % 131 == 0:
-            out.add("classifier", {"level": "debug", "event": "drift window", "logger": "servescope.classifier.drift"})  # fmt: skip
+            out.add(
+                "classifier",
+                {
+                    "level": "debug",
+                    "event": "drift window",
+                    "logger": "servescope.classifier.drift",
+                },
+            )
         if number % 211 == 0:  # raw stderr, not JSON: no level, no trace id
             out.add("postprocess", {"log": "Traceback (most recent call last):"}, stream="stderr")
     for service in SERVICES:
-        out.add(service, {"level": "info", "event": "shutdown_started", "signal": "SIGTERM", "drain_seconds": 5})  # fmt: skip
+        out.add(
+            service,
+            {"level": "info", "event": "shutdown_started", "signal": "SIGTERM", "drain_seconds": 5},
+        )
     return out.items
 
 
@@ -245,7 +359,9 @@ def _level(record: dict[str, Any]) -> str | None:
 
 
 def _examples(items: list[str], limit: int = 3) -> str:
-    return ", ".join(items[:limit]) + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
+    return ", ".join(items[:limit]) + (
+        f" (and {len(items) - limit} more)" if len(items) > limit else ""
+    )
 
 
 def check(ctx: CheckContext) -> None:
@@ -291,7 +407,9 @@ def check(ctx: CheckContext) -> None:
     for (_, _, record), line in zip(items, lines, strict=True):
         parts = line.split("\t")
         if parts[0] == "ERR":
-            errors.append(f"{parts[1]} (record: level={record.get('level')!r}, trace_id={record.get('trace_id')!r})")  # fmt: skip
+            errors.append(
+                f"{parts[1]} (record: level={record.get('level')!r}, trace_id={record.get('trace_id')!r})"
+            )
             kept.append(None)
             continue
         code, ts_same, record_same = parts[1], parts[2] == "1", parts[3] == "1"
@@ -309,7 +427,7 @@ def check(ctx: CheckContext) -> None:
         "your filter never raises an error",
         f"{len(errors)} records raised: {_examples(sorted(set(errors)), 2)}. Fluent Bit logs the error and "
         "keeps going; find the field your code assumed (a line without `trace_id` or "
-        "without `level`: check `type(x) == \"string\"` before using it)",
+        'without `level`: check `type(x) == "string"` before using it)',
     )
     ctx.require(
         not bad_codes,
@@ -347,10 +465,10 @@ def check(ctx: CheckContext) -> None:
     ctx.require(
         not always,
         "every WARNING, ERROR and CRITICAL line is kept",
-        f"{len(always)} were dropped ({', '.join(f'{lv}: {always.count(lv)}' for lv in ALWAYS_KEPT if lv in always)}). "  # fmt: skip
+        f"{len(always)} were dropped ({', '.join(f'{lv}: {always.count(lv)}' for lv in ALWAYS_KEPT if lv in always)}). "
         "These are the lines people search for in an incident: keep them before looking "
         "at the trace id. Our lines carry the level in lower case in the `level` field "
-        "(`\"warning\"`, `\"error\"`, `\"critical\"`); compare in lower case",
+        '(`"warning"`, `"error"`, `"critical"`); compare in lower case',
     )
     ctx.require(
         not no_trace,
@@ -369,7 +487,7 @@ def check(ctx: CheckContext) -> None:
     )
     ctx.require(
         abs(share - RATIO) <= TOLERANCE,
-        f"about 10% (8.5-11.5%) of INFO and DEBUG lines inside a trace are kept",
+        "about 10% (8.5-11.5%) of INFO and DEBUG lines inside a trace are kept",
         f"your filter kept {100 * share:.1f}% of them ({by_level}). "
         + (
             "It keeps everything: drop INFO/DEBUG lines whose trace is not sampled"
@@ -383,14 +501,16 @@ def check(ctx: CheckContext) -> None:
     ctx.require(
         not mixed,
         "one decision per trace: all INFO/DEBUG lines of a trace are kept or all dropped",
-        f"{len(mixed)} traces had some lines kept and some dropped (e.g. {mixed[0] if mixed else ''}). "  # fmt: skip
+        f"{len(mixed)} traces had some lines kept and some dropped (e.g. {mixed[0] if mixed else ''}). "
         "Decide from the trace id alone (no math.random, no counters), so every line "
         "of a request, in every service, gets the same answer and a kept trace in Jaeger has "
         "all its log lines",
     )
     wrong = sorted(
-        tid for tid, values in sampled.items() if len(set(values)) == 1 and values[0] != reference_keeps(tid)
-    )  # fmt: skip
+        tid
+        for tid, values in sampled.items()
+        if len(set(values)) == 1 and values[0] != reference_keeps(tid)
+    )
     ctx.require(
         not wrong,
         "the decision for each trace id is OpenTelemetry's TraceIdRatioBased rule: keep "

@@ -65,7 +65,8 @@ if not ok then
   io.stderr:write("the filter failed while loading: " .. one_line(run_error) .. "\n")
   os.exit(2)
 end
-local sample = rawget(env, "sample")
+-- A global of the script; `_G.sample = ...` reaches the real global table instead.
+local sample = rawget(env, "sample") or rawget(_G, "sample")
 if type(sample) ~= "function" then
   io.stderr:write("the filter defines no global function `sample`\n")
   os.exit(2)

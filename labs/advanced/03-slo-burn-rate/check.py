@@ -263,7 +263,8 @@ def _alerts(rules: Any) -> list[dict[str, Any]]:
 
 
 def _observed(output: str) -> str:
-    fired, silent = [], []
+    fired: list[str] = []
+    silent: list[str] = []
     for when, expected in re.findall(r"time: ([0-9a-z]+),\s*exp: (nil|\{\})", output):
         (fired if expected == "nil" else silent).append(when)
     said = []
@@ -323,7 +324,9 @@ def check(ctx: CheckContext) -> None:
         + f"Run `uv run servescope slo generate {SPEC} --out {RULES}` in your workspace; "
         "never edit the generated file",
     )
-    page = [a for a in _alerts(generated) if (a.get("labels") or {}).get("sloth_severity") == "page"]
+    page = [
+        a for a in _alerts(generated) if (a.get("labels") or {}).get("sloth_severity") == "page"
+    ]
     ticket = [
         a for a in _alerts(generated) if (a.get("labels") or {}).get("sloth_severity") == "ticket"
     ]
@@ -478,7 +481,7 @@ def _run_hidden(ctx: CheckContext, rules_text: str, alert: str, spec: Any) -> No
     hints = {
         "burst": (
             "A burst that burns the budget 100 times too fast must page within minutes: "
-            "check that the SLI counts the slow predictions (count minus the le=\"0.5\" "
+            'check that the SLI counts the slow predictions (count minus the le="0.5" '
             "bucket) of stage end_to_end only (or of POST /v1/predict), and that the "
             "objective is 99.9"
         ),
@@ -490,7 +493,7 @@ def _run_hidden(ctx: CheckContext, rules_text: str, alert: str, spec: Any) -> No
         "trickle": (
             "0.05% slow is half the budget: no page (not even a ticket). Paging here means "
             "the SLI counts too much as bad: the error_query must count only predictions over "
-            "500 ms (_count minus the le=\"0.5\" bucket), not the fast ones, not the 300-500 "
+            '500 ms (_count minus the le="0.5" bucket), not the fast ones, not the 300-500 '
             "ms tail, and the objective must be 99.9, not stricter"
         ),
     }
@@ -506,7 +509,9 @@ def _run_hidden(ctx: CheckContext, rules_text: str, alert: str, spec: Any) -> No
         rules_path.write_text(rules_text)
         for scenario in SCENARIOS:
             path = Path(tmp) / f"{scenario.key}.test.yml"
-            path.write_text(yaml.safe_dump(scenario_test(scenario, rules_path, alert), sort_keys=False))  # fmt: skip
+            path.write_text(
+                yaml.safe_dump(scenario_test(scenario, rules_path, alert), sort_keys=False)
+            )
             result = ctx.promtool("test", "rules", str(path))
             ctx.require(
                 result.returncode == 0,

@@ -298,9 +298,9 @@ def _expr_hints(expr: str) -> list[str]:
         and "without(" not in compact
     ):
         hints.append(
-                "sum(...) without `by (le)` adds every bucket together and drops the `le` "
-                "label that histogram_quantile needs: write sum by (le) (rate(...))"
-            )
+            "sum(...) without `by (le)` adds every bucket together and drops the `le` "
+            "label that histogram_quantile needs: write sum by (le) (rate(...))"
+        )
     if 'stage="end_to_end"' not in compact:
         hints.append(
             'select only stage="end_to_end": without it the fast decode/preprocess/... '
@@ -485,14 +485,20 @@ def _check_own_tests(ctx: CheckContext, tests_path: Path) -> None:
 
 def _observed(output: str) -> str:
     """What the alert did at the moments the scenario looked, from promtool's report."""
-    fired, silent = [], []
+    fired: list[str] = []
+    silent: list[str] = []
     for when, expected in re.findall(r"time: ([0-9a-z]+),\s*exp: (nil|\{\})", output):
         (fired if expected == "nil" else silent).append(when)
     said = []
     if fired:
         said.append("Your alert was firing at " + ", ".join(fired) + " where it should not")
     if silent:
-        said.append(("it" if fired else "Your alert") + " was not firing at " + ", ".join(silent) + " where it should")
+        said.append(
+            ("it" if fired else "Your alert")
+            + " was not firing at "
+            + ", ".join(silent)
+            + " where it should"
+        )
     if not said:
         return "promtool: " + _tail(output, 6) + ". "
     return "; ".join(said) + ". "

@@ -208,7 +208,7 @@ class Runner:
     def start(self, lab_id: str, force: bool = False) -> int:
         lab = self.lab(lab_id)
         other = self._running()
-        if other and other["lab"] != lab.id:
+        if other and other["lab"] != lab.id and (lab.needs_services or lab.needs_prometheus):
             raise LabError(
                 f"lab {other['lab']} is running on the same ports; stop it first: "
                 f"servescope lab stop {other['lab']}"
