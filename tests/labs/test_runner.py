@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def test_start_check_hint_solve_reset(toy: LabCLI) -> None:
     code, out = toy("start", "beginner/01-toy")
     assert code == 0, out
     assert (work / "value.txt").read_text() == "TODO\n"
-    assert "first: Edit work/value.txt." in out
+    assert "next:  Edit work/value.txt. (the guide has the commands)" in out
 
     code, out = toy("check", "beginner/01-toy")
     assert code == 1
@@ -298,3 +299,42 @@ def test_env_files_are_parsed_strictly(tmp_path: Path) -> None:
     path.write_text("NOT A SETTING\n")
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         read_env_file(path)
+
+
+@pytest.mark.slow
+def test_a_lab_that_needs_alertmanager_gets_the_whole_alert_path(tmp_path: Path) -> None:
+    for binary in ("prometheus", "prometheus-alertmanager"):
+        if shutil.which(binary) is None:
+            pytest.skip(f"{binary} is not installed (apt-get install; .ci/run installs it)")
+    check = textwrap.dedent("""\
+        def check(ctx):
+            ready = ctx.http_get(ctx.urls["alertmanager"] + "/-/ready").status
+            ctx.require(ready == 200, "Alertmanager is ready")
+            def active():
+                answer = ctx.http_get(ctx.urls["prometheus"] + "/api/v1/alertmanagers").json()
+                return answer["data"]["activeAlertmanagers"]
+            ctx.require(ctx.wait_for(active, timeout=15), "Prometheus sends alerts to it")
+            ctx.require(ctx.http_get(ctx.urls["responder"] + "/healthz").status == 200,
+                        "the responder Alertmanager notifies is up")
+            value = (ctx.workspace / "value.txt").read_text().strip()
+            ctx.require(value == "42", "value.txt says 42")
+        """)
+    make_lab(tmp_path / "repo", check=check, needs="[alertmanager]")
+    cli = LabCLI(tmp_path / "repo", tmp_path / "run", free_port_base())
+    try:
+        code, out = cli("start", "beginner/01-toy")
+        assert code == 0, out
+        names = {entry["name"] for entry in (cli.store.running() or {})["processes"]}
+        assert names >= {"classifier", "postprocess", "preprocess", "prometheus"}
+        assert names >= {"alertmanager", "responder"}
+        code, out = cli("check", "beginner/01-toy")
+        assert code == 1 and "FAIL  value.txt says 42" in out
+        assert "ok    Prometheus sends alerts to it" in out, out
+        assert cli("solve", "beginner/01-toy")[0] == 0
+        code, out = cli("check", "beginner/01-toy")
+        assert code == 0, out
+        pids = cli.pids()
+        assert cli("stop")[0] == 0
+        assert not any(pid_alive(pid, started) for pid, started in pids)
+    finally:
+        cli.kill_all()

@@ -106,6 +106,14 @@ def check(ctx: CheckContext) -> None:
         "which of the two answered 503: /healthz (liveness) or /readyz (readiness)?",
     )
     ctx.require(
+        not re.search(
+            r"(liveness|healthz)( probe)? (failed|fails|was failing|answered 503|returned 503)",
+            answer,
+        ),
+        "your answer does not blame liveness",
+        "/healthz answered 200 the whole time: the process was alive",
+    )
+    ctx.require(
         re.search(r"classifier|dependen|downstream|upstream|metadata|model", answer),
         "your answer says what readiness waited for (the classifier's model metadata)",
         "what did /readyz say it was waiting for, and from whom does the edge get it?",

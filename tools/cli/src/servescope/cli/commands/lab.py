@@ -42,6 +42,9 @@ def cmd_lab(args: argparse.Namespace) -> int:
     except LabError as exc:
         _say(f"error: {exc}")
         return 1
+    except KeyboardInterrupt:
+        _say("interrupted: what had started is stopped (`servescope lab status` shows the rest)")
+        return 130
     raise AssertionError(action)
 
 

@@ -135,19 +135,27 @@ class Lab:
         return bool(self.needs & {"prometheus", "alertmanager"})
 
     def first_step(self) -> str | None:
-        """The first numbered step of the README's Steps section, for `lab start` to print."""
+        """The first numbered step of the README's Steps section that comes after starting
+        the lab (for `lab start` to print); its first line."""
         try:
             text = self.readme.read_text()
         except OSError:
             return None
+        items: list[list[str]] = []
         in_steps = False
         for line in text.splitlines():
             if line.startswith("#"):
-                in_steps = "step" in line.lower()
+                in_steps = line.lstrip("#").strip().lower().startswith("steps")
                 continue
-            match = re.match(r"^\s*1\.\s+(.*)", line)
-            if in_steps and match:
-                return match.group(1).strip()
+            if not in_steps:
+                continue
+            if re.match(r"^\d+\.\s", line):
+                items.append([line.split(".", 1)[1].strip()])
+            elif items:
+                items[-1].append(line)
+        for item in items:
+            if "lab start" not in " ".join(item):
+                return item[0]
         return None
 
 

@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,12 +47,13 @@ from servescope.cli.local.services import (
     prometheus_config,
 )
 from servescope.cli.paths import heldout_dir
+from servescope.telemetry.pipeline import PIPELINE
 
 DEFAULT_PROMETHEUS_PORT = 9090
 PORT_BASE_ENV = "SERVESCOPE_LAB_PORT_BASE"
 SCRAPE_INTERVAL = "1s"  # labs want an answer within seconds of a change
-# Probe, scrape and admin routes: not traffic (the recording rules' filter).
-NOT_TRAFFIC = "/metrics|/healthz|/readyz|/v2/health/.*|.*/ready|/admin/.*"
+# Probe, scrape and admin routes: not traffic (declared with the pipeline's facts).
+NOT_TRAFFIC = PIPELINE.probe_regex
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,6 @@ class Ports:
 
 
 def port_in_use(port: int) -> bool:
-    import socket
-
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -212,9 +212,11 @@ def http(
     headers: dict[str, str] | None = None,
     timeout: float = 5.0,
 ) -> tuple[int, bytes]:
-    """(status, body); status 0 when nothing answers. Only ever 127.0.0.1 here."""
-    if not url.startswith("http://"):
-        raise LabError(f"not an http:// URL: {url}")
+    """(status, body); status 0 when nothing answers. Labs talk to their own processes on
+    the loopback interface only."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise LabError(f"labs only call their own processes on 127.0.0.1, not {url}")
     request = urllib.request.Request(url, data=body, headers=headers or {}, method=method)  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
@@ -318,6 +320,10 @@ class LabStack:
         }
 
     def _add(self, record: dict[str, Any], name: str, pid: int | None, log: Path | None) -> None:
+        """Record a process we started, with its start time; one already gone is not
+        recorded (its PID may belong to someone else by the time anyone stops it)."""
+        if pid is None or not pid_alive(pid):
+            return
         record["processes"].append(process_entry(name, pid, log))
         self.store.set_running(record)
 

@@ -246,8 +246,9 @@ class Runner:
         self.say(f"  guide: {self._rel(lab.readme)}")
         step = lab.first_step()
         if step:
-            self.say(f"  first: {step}")
-        self.say(f"  then:  servescope lab check {lab.id}   (hints: servescope lab hint {lab.id})")
+            self.say(f"  next:  {step.rstrip(':')} (the guide has the commands)")
+        self.say(f"  check: servescope lab check {lab.id}")
+        self.say(f"  stuck: servescope lab hint {lab.id}")
         return 0
 
     def _bring_up(self, lab: Lab, restart_only: bool = False) -> None:
