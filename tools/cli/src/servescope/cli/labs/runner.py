@@ -260,11 +260,10 @@ class Runner:
         if record is not None:
             ports = Ports(**record["ports"])
             stop_processes(self.store, record, keep=lambda name: name in OBSERVABILITY)
-            record["processes"] = alive_processes(record)  # a Prometheus that died restarts
             self.say(f"restarting {lab.id}'s services on the same ports ...")
         else:
             ports = Ports.choose(self.port_base)
-        stack = LabStack(lab, self.root, self.store, ports)
+        stack = LabStack(lab, self.root, self.store, ports, self.say)
         if record is None or not record["processes"]:
             record = stack.new_record()
         started = time.monotonic()
