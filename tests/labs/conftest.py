@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import random
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,6 @@ import pytest
 
 from servescope.cli.labs.processes import port_in_use, stop_pid
 from servescope.cli.labs.store import Store
-from servescope.cli.local.services import free_port
 from servescope.cli.main import main
 from servescope.cli.paths import repo_root
 
@@ -51,12 +51,17 @@ def copy_repository(target: Path) -> Path:
 
 
 def free_port_base() -> int:
-    """A port P with P..P+5 all free on 127.0.0.1 (a lab's services, Prometheus, ...)."""
-    for _ in range(100):
-        base = free_port()
-        if base + 6 < 65535 and not any(port_in_use(p) for p in range(base, base + 6)):
+    """A port P with P..P+5 all free on 127.0.0.1 (a lab's services, Prometheus, ...).
+
+    Chosen below the kernel's ephemeral range (32768+ on Linux), where no outgoing
+    connection of any other process can take one of the six between the check and the bind.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - 6)
+        if not any(port_in_use(port) for port in range(base, base + 6)):
             return base
-    raise RuntimeError("no six consecutive free ports found")
+    raise RuntimeError("no six consecutive free ports found in 20000-32000")
 
 
 @dataclass

@@ -37,6 +37,12 @@ def _repo_snapshot(root: Path, lab: Lab) -> dict[str, str]:
     }
 
 
+def _print_logs(run_dir: Path, lines: int = 15) -> None:
+    for log in sorted(run_dir.rglob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        print(f"--- {log}", *tail, sep="\n")
+
+
 def _contents(folder: Path) -> dict[str, bytes]:
     return {relative: path.read_bytes() for relative, path in files_under(folder).items()}
 
@@ -105,6 +111,9 @@ def test_check_fails_at_start_passes_after_solve_and_reset_restores(
 
         code, out = lab_cli("reset", lab.id)
         assert code == 0, out
+    except BaseException:
+        _print_logs(lab_cli.run_dir)  # shown by pytest with the failure
+        raise
     finally:
         lab_cli("reset", lab.id)  # leave the shared copy as it was, whatever happened
     assert _contents(lab.workspace) == _contents(lab.starter)

@@ -338,3 +338,16 @@ def test_a_lab_that_needs_alertmanager_gets_the_whole_alert_path(tmp_path: Path)
         assert not any(pid_alive(pid, started) for pid, started in pids)
     finally:
         cli.kill_all()
+
+
+def test_one_malformed_lab_does_not_stop_the_others(tmp_path: Path) -> None:
+    make_lab(tmp_path / "repo", "beginner/01-toy")
+    broken = make_lab(tmp_path / "repo", "beginner/02-half-written")
+    (broken / "check.py").unlink()
+    cli = LabCLI(tmp_path / "repo", tmp_path / "run", free_port_base())
+    code, out = cli("list")
+    assert code == 0 and "beginner/01-toy" in out
+    assert "warning: beginner/02-half-written is not a valid lab" in out
+    assert cli("start", "beginner/01-toy")[0] == 0
+    code, out = cli("start", "beginner/02-half-written")
+    assert code == 1 and "check.py is missing" in out

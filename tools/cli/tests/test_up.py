@@ -73,9 +73,14 @@ def test_up_starts_everything_reports_it_and_stops_cleanly_on_ctrl_c(tmp_path: P
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=60)
     finally:
+        # SIGTERM lets `up` stop every process it started; SIGKILL would orphan them.
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
     assert process.returncode == 0, out
     stopped = next(line for line in out.splitlines() if line.startswith("stopped:"))
     for name in (

@@ -28,6 +28,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         rate=args.rate,
         faults=args.fault,
     )
+    # A SIGTERM while starting must still stop what has started (start() cleans up on any
+    # exception), so it interrupts like Ctrl-C until the steady-state handler takes over.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         for spec in args.fault:
             parse_fault(spec)
@@ -37,6 +40,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     except (ValueError, LocalStackError) as exc:
         say(f"error: {exc}")
         return 1
+    except KeyboardInterrupt:
+        say("interrupted while starting; everything started was stopped")
+        return 130
     say(f"ready in {time.monotonic() - started:.1f} s")
     for note in session.notes:
         say(f"note: {note}")
@@ -59,6 +65,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     codes = session.stop()
     say("stopped: " + ", ".join(f"{name} exit {code}" for name, code in codes.items()))
     return exit_code
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def summary(session: LocalSession, args: argparse.Namespace) -> list[tuple[str, str]]:

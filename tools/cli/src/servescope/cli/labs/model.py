@@ -10,8 +10,9 @@
                   (e.g. to pick a random fault and remember it in ctx.state)
 
 lab.yaml keys: id, stage, title, minutes, prerequisites, needs ([services, prometheus,
-alertmanager], any subset), env ({service or "*": {VAR: value}}; "{lab}" and "{root}" in a
-value become the lab's folder and the repository), faults
+alertmanager], any subset; Prometheus scrapes the services, so it brings them up too), env
+({service or "*": {VAR: value}}; "{lab}" and "{root}" in a value become the lab's folder and
+the repository), faults
 (["service:step:seconds"]), hints (weakest first), answer ({prompt: ...}, for labs graded by
 `servescope lab answer`). Optional keys this runner also reads: env_files ({service: file in
 work/}, KEY=VALUE lines layered over env when the stack starts), allow_unready (services
@@ -294,14 +295,29 @@ def discover(root: Path) -> list[Lab]:
     return [load_lab(path) for path in lab_dirs(root)]
 
 
+def discover_leniently(root: Path) -> tuple[list[Lab], dict[str, LabFormatError]]:
+    """The well-formed labs, and the problem of each malformed one by its would-be id, so
+    one lab being written does not stop the others."""
+    labs: list[Lab] = []
+    problems: dict[str, LabFormatError] = {}
+    for path in lab_dirs(root):
+        try:
+            labs.append(load_lab(path))
+        except LabFormatError as exc:
+            problems[f"{path.parent.name}/{path.name}"] = exc
+    return labs, problems
+
+
 def find(root: Path, lab_id: str) -> Lab:
     """The lab with this id ("beginner/01-readiness-vs-liveness"); a unique prefix or the
     bare folder name ("01-readiness-vs-liveness") also works."""
-    labs = discover(root)
+    labs, problems = discover_leniently(root)
     wanted = lab_id.strip().strip("/").removeprefix("labs/")
     exact = [lab for lab in labs if lab.id == wanted]
     if exact:
         return exact[0]
+    if wanted in problems:
+        raise problems[wanted]
     matches = [
         lab
         for lab in labs

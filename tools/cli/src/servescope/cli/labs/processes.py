@@ -279,7 +279,6 @@ class LabStack:
     root: Path
     store: Store
     ports: Ports
-    say: Callable[[str], None] = print
     _stack: LocalStack = field(init=False, repr=False)
     _prometheus: PrometheusProcess | None = field(default=None, init=False, repr=False)
 
@@ -451,7 +450,10 @@ class LabStack:
                 "sudo apt-get install prometheus"
             )
         alerting_port = None
-        if "alertmanager" in self.lab.needs:
+        running = {entry["name"] for entry in record["processes"]}
+        if "alertmanager" in self.lab.needs and "alertmanager" in running:
+            alerting_port = self.ports.alertmanager  # kept across a restart
+        elif "alertmanager" in self.lab.needs:
             self.check_ports(["alertmanager", "responder"])
             alerting = LocalAlerting(
                 self.store.alerting_dir,

@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from servescope.cli.labs.context import CheckContext, MissingTool
-from servescope.cli.labs.model import STAGES, Lab, LabError, discover, find
+from servescope.cli.labs.model import STAGES, Lab, LabError, discover_leniently, find
 from servescope.cli.labs.processes import (
     LabStack,
     Ports,
@@ -140,7 +140,9 @@ class Runner:
         return "not started"
 
     def list_labs(self) -> int:
-        labs = discover(self.root)
+        labs, problems = discover_leniently(self.root)
+        for lab_id, problem in problems.items():
+            self.say(f"warning: {lab_id} is not a valid lab: {problem}")
         if not labs:
             self.say(f"no labs under {self.root / 'labs'}")
             return 0
@@ -178,7 +180,7 @@ class Runner:
         else:
             self.say("no lab is running")
         progress = self.store.progress()
-        labs = discover(self.root)
+        labs, _ = discover_leniently(self.root)
         started = [lab for lab in labs if progress.get(lab.id, {}).get("started_at")]
         if record:
             current = next((lab for lab in labs if lab.id == record["lab"]), None)
@@ -260,10 +262,11 @@ class Runner:
         if record is not None:
             ports = Ports(**record["ports"])
             stop_processes(self.store, record, keep=lambda name: name in OBSERVABILITY)
+            record["processes"] = alive_processes(record)  # a Prometheus that died restarts
             self.say(f"restarting {lab.id}'s services on the same ports ...")
         else:
             ports = Ports.choose(self.port_base)
-        stack = LabStack(lab, self.root, self.store, ports, self.say)
+        stack = LabStack(lab, self.root, self.store, ports)
         if record is None or not record["processes"]:
             record = stack.new_record()
         started = time.monotonic()
@@ -375,7 +378,7 @@ class Runner:
             ctx.fail("the checker reported its criteria", f"{self._rel(lab.checker)} reported none")
 
     def _next(self, lab: Lab) -> Lab | None:
-        labs = discover(self.root)
+        labs, _ = discover_leniently(self.root)
         progress = self.store.progress()
         after = labs[labs.index(next(x for x in labs if x.id == lab.id)) + 1 :]
         return next((x for x in after if not progress.get(x.id, {}).get("passed_at")), None)
