@@ -276,3 +276,142 @@ def test_generated_file_names_its_sources_with_repository_paths() -> None:
     header = GENERATED.read_text().splitlines()[0]
     assert "deploy/prometheus/slos/servescope.yml" in header
     assert str(ROOT) not in GENERATED.read_text()
+
+
+# --- a learner's (or a fork's) spec: Sloth's multi-document files, own metrics, extra labels ---
+
+OWN_METRIC_SPEC = """\
+version: prometheus/v1
+service: myservice
+labels:
+  owner: myteam
+slos:
+  - name: requests-availability
+    objective: 99.9
+    sli:
+      events:
+        error_query: sum(rate(http_request_duration_seconds_count{job="myservice",code=~"(5..|429)"}[{{.window}}]))
+        total_query: sum(rate(http_request_duration_seconds_count{job="myservice"}[{{.window}}]))
+    alerting:
+      name: MyServiceHighErrorRate
+      page_alert:
+        labels:
+          severity: page
+      ticket_alert:
+        labels:
+          severity: ticket
+"""
+
+
+def _multi_document(tmp_path):
+    """Sloth's multi-document spec file: the project's own spec, then one on a metric the
+    contract does not know (the shape of Sloth's examples/multifile.yml)."""
+    path = tmp_path / "multi.yml"
+    path.write_text(SPEC.read_text() + "\n---\n" + OWN_METRIC_SPEC + "---\n")
+    return path
+
+
+def test_a_multi_document_spec_file_yields_the_slos_of_every_document(tmp_path) -> None:
+    path = _multi_document(tmp_path)
+    warnings: list[str] = []
+    slos = slo.load_file(path, strict=False, warnings=warnings)
+    assert [s.id for s in slos] == [
+        "servescope-predictions-availability",
+        "servescope-predictions-latency",
+        "myservice-requests-availability",
+    ]
+    assert slos[2].source.endswith("multi.yml (document 2)")
+    # The project's own documents render exactly as from their own file.
+    own = slo.render(slo.load_file(SPEC), ["x"])
+    assert slo.render(slos[:2], ["x"]) == own
+
+
+def test_an_unknown_metric_warns_and_is_refused_only_with_strict(tmp_path, capsys) -> None:
+    path = _multi_document(tmp_path)
+    out = tmp_path / "rules.yml"
+    assert _cli("slo", "generate", str(path), "--out", str(out)) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err
+    assert "http_request_duration_seconds_count is not declared in the telemetry contract" in err
+    assert "--strict" in err
+    names = {g["name"] for g in yaml.safe_load(out.read_text())["groups"]}
+    assert "sloth-slo-alerts-myservice-requests-availability" in names
+    assert _cli("slo", "validate", str(path)) == 0
+    assert "myservice-requests-availability objective 99.9%" in capsys.readouterr().out
+
+    strict_out = tmp_path / "strict.yml"
+    assert _cli("slo", "generate", "--strict", str(path), "--out", str(strict_out)) == 1
+    assert "error:" in capsys.readouterr().err
+    assert not strict_out.exists()
+    assert _cli("slo", "validate", "--strict", str(path)) == 1
+
+
+def test_non_strict_still_refuses_what_is_wrong_on_a_contract_metric() -> None:
+    spec = yaml.safe_load(SPEC.read_text())
+    latency = spec["slos"][1]["sli"]["events"]
+    latency["error_query"] = latency["error_query"].replace('le="0.5"', 'le="0.4"')
+    with pytest.raises(slo.SLOError, match="not a bucket boundary"):
+        slo.parse_spec(spec, "inline", strict=False, warnings=[])
+
+
+def test_the_project_generation_is_strict(monkeypatch) -> None:
+    calls: list[bool] = []
+    real = slo.load_all
+
+    def spy(paths, contract=None, *, strict=True, warnings=None):
+        calls.append(strict)
+        return real(paths, contract, strict=strict, warnings=warnings)
+
+    monkeypatch.setattr(slo, "load_all", spy)
+    assert generators(ROOT)["deploy/prometheus/rules/slos.generated.yml"]() == GENERATED.read_text()
+    assert calls == [True]
+
+
+def test_extra_labels_go_on_every_generated_rule(tmp_path, capsys) -> None:
+    path = _multi_document(tmp_path)
+    out = tmp_path / "rules.yml"
+    assert (
+        _cli(
+            "slo",
+            "generate",
+            str(path),
+            "--out",
+            str(out),
+            "--extra-labels",
+            "team=ml-platform",
+            "--extra-labels",
+            "owner=sre",
+        )
+        == 0
+    )
+    capsys.readouterr()
+    groups = yaml.safe_load(out.read_text())["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert rules and all(rule["labels"]["team"] == "ml-platform" for rule in rules)
+    # An extra label wins over the spec's own, as in Sloth.
+    assert all(rule["labels"]["owner"] == "sre" for rule in rules)
+    assert any("alert" in rule for rule in rules)
+    assert "--extra-labels" in out.read_text().splitlines()[9]
+    promtool = tool("promtool")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(out)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("team", "expected KEY=VALUE"), ("bad-name=x", "not a valid"), ("sloth_id=x", "reserved")],
+)
+def test_bad_extra_labels_are_refused(value, message, capsys) -> None:
+    assert _cli("slo", "generate", "--out", "-", "--extra-labels", value) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_the_30d_sli_is_errors_over_events_the_documented_departure() -> None:
+    (availability, _) = slo.load_file(SPEC)
+    period = {r["record"]: r["expr"] for r in slo.sli_rules(availability)}
+    assert "avg_over_time(slo:sli_error_events:rate5m" in period["slo:sli_error_events:rate30d"]
+    assert "avg_over_time(slo:sli_total_events:rate5m" in period["slo:sli_total_events:rate30d"]
+    assert period["slo:sli_error:ratio_rate30d"].startswith("slo:sli_error_events:rate30d")
+    assert "deliberate departure" in slo.__doc__

@@ -128,3 +128,15 @@ keys; raw is the component's entry of servescope.components. */}}
 {{- $s.terminationGracePeriodSeconds -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+"true" when the Prometheus Operator's objects may be rendered: the cluster serves
+monitoring.coreos.com/v1 (kube-prometheus-stack's CRDs, from `servescope stack install`), or
+monitoring.assumeCRDs says so. Empty otherwise: applying a ServiceMonitor without its CRD fails
+the whole release with "no matches for kind ServiceMonitor".
+*/}}
+{{- define "servescope.operatorCRDs" -}}
+{{- if or .Values.monitoring.assumeCRDs (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") -}}
+true
+{{- end -}}
+{{- end -}}

@@ -6,7 +6,11 @@ deploy/prometheus/rules/slos.generated.yml: Sloth's recording rules (`slo:sli_er
 `slo:current_burn_rate:ratio`, `slo:period_burn_rate:ratio`,
 `slo:period_error_budget_remaining:ratio`, `sloth_slo_info`) and the multi-window,
 multi-burn-rate alerts of the SRE workbook, so dashboards and tools built for Sloth work
-unchanged. Two departures, both asked of Sloth by its users:
+unchanged. Spec files may hold several YAML documents (`---`), as Sloth's do, and
+`--extra-labels KEY=VALUE` adds a label to every generated rule, as Sloth's CLI does.
+
+One deliberate departure from Sloth's output, asked of Sloth by its users, plus its
+prerequisite:
 
 * For event SLIs the numerator and the denominator are recorded too
   (`slo:sli_error_events:rate<window>`, `slo:sli_total_events:rate<window>`), and every
@@ -16,9 +20,12 @@ unchanged. Two departures, both asked of Sloth by its users:
   as much as a busy hour's and misstates the SLI on spiky traffic. (Raw-ratio SLIs have no
   denominator and keep Sloth's average.)
 
-Specs are checked against the telemetry contract: every metric a query names must be
-declared there (or be a documented Kubernetes or Prometheus series), and a latency
-threshold (`le="..."`) must be one of the histogram's buckets. A *plain* latency SLO (no
+Specs are checked against the telemetry contract: a latency threshold (`le="..."`) on a
+contract histogram must be one of its buckets, and labels and values must be the declared
+ones. A metric the contract does not declare (nor a documented Kubernetes or Prometheus
+series) is a warning: a learner's or a fork's SLO on its own metrics goes through. With
+`strict` (`--strict`; the project's own specs are generated that way by `make generate`)
+it is refused. A *plain* latency SLO (no
 `version:`, a `latency:` block with metric, selector and threshold) is accepted too and
 becomes the same Sloth SLO; one whose threshold has no bucket is refused with the list of
 buckets to choose from.
@@ -117,18 +124,42 @@ class SLO:
 # --- reading specs ---------------------------------------------------------------------------
 
 
-def load_file(path: Path, contract: Contract | None = None) -> list[SLO]:
+def load_file(
+    path: Path,
+    contract: Contract | None = None,
+    *,
+    strict: bool = True,
+    warnings: list[str] | None = None,
+) -> list[SLO]:
+    """Every SLO of a spec file; a file may hold several YAML documents (`---`), as Sloth's
+    multi-document spec files do. Empty documents are skipped."""
     try:
-        data = yaml.safe_load(path.read_text())
+        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
     except OSError as exc:
         raise SLOError(f"{path}: cannot read: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise SLOError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_spec(data, str(path), contract)
+    if not documents:
+        raise SLOError(f"{path}: holds no spec")
+    slos: list[SLO] = []
+    for index, data in enumerate(documents):
+        source = str(path) if len(documents) == 1 else f"{path} (document {index + 1})"
+        slos.extend(parse_spec(data, source, contract, strict=strict, warnings=warnings))
+    return slos
 
 
-def parse_spec(data: Any, source: str, contract: Contract | None = None) -> list[SLO]:
-    """A Sloth prometheus/v1 spec or a plain latency SLO, checked against the contract."""
+def parse_spec(
+    data: Any,
+    source: str,
+    contract: Contract | None = None,
+    *,
+    strict: bool = True,
+    warnings: list[str] | None = None,
+) -> list[SLO]:
+    """A Sloth prometheus/v1 spec or a plain latency SLO, checked against the contract.
+
+    Metrics the contract does not declare are refused when `strict`, otherwise appended to
+    `warnings` (when given); every other problem is refused either way."""
     contract = contract or load_contract()
     if not isinstance(data, dict):
         raise SLOError(f"{source}: expected a mapping at the top level")
@@ -142,7 +173,7 @@ def parse_spec(data: Any, source: str, contract: Contract | None = None) -> list
             "latency SLO (a `latency:` block with metric, selector and threshold)"
         )
     for slo in slos:
-        check_queries(slo, contract)
+        check_queries(slo, contract, strict=strict, warnings=warnings)
     return slos
 
 
@@ -220,7 +251,9 @@ def _parse_plain_latency(data: dict[str, Any], source: str, contract: Contract) 
     except KeyError:
         raise SLOError(
             f"{where}: metric {metric_name!r} is not declared in the telemetry contract "
-            "(services/telemetry/src/servescope/telemetry/contract.yaml)"
+            "(services/telemetry/src/servescope/telemetry/contract.yaml); a plain latency SLO "
+            "reads its buckets from there. For a metric of your own, write a Sloth spec "
+            "(`version: prometheus/v1`) with `sli.events` queries"
         ) from None
     if metric.type != "histogram":
         raise SLOError(
@@ -383,6 +416,7 @@ def go_float(value: float) -> str:
 
 # Series that are not Servescope's own but documented elsewhere: Prometheus's scrape
 # health and the Kubernetes series of kube-state-metrics and the kubelet's cAdvisor.
+UNDECLARED = "is not declared in the telemetry contract"
 EXTERNAL_SERIES = re.compile(r"^(up|kube_[a-z0-9_]+|container_[a-z0-9_]+)$")
 TARGET_LABELS = frozenset(
     {"job", "instance", "namespace", "service", "pod", "container", "endpoint", "environment"}
@@ -422,7 +456,7 @@ def check_expression(expr: str, contract: Contract, known_records: Iterable[str]
             continue
         found = declared_metric(contract, sel.metric)
         if found is None:
-            problems.append(f"{sel.metric} is not declared in the telemetry contract")
+            problems.append(f"{sel.metric} {UNDECLARED}")
             continue
         spec, suffix = found
         allowed = set(spec.labels) | TARGET_LABELS | ({"le"} if suffix == "_bucket" else set())
@@ -445,9 +479,24 @@ def check_expression(expr: str, contract: Contract, known_records: Iterable[str]
     return problems
 
 
-def check_queries(slo: SLO, contract: Contract) -> None:
+def check_queries(
+    slo: SLO, contract: Contract, *, strict: bool = True, warnings: list[str] | None = None
+) -> None:
+    """Refuse the SLO's query problems; with `strict` off, a metric the contract does not
+    declare is only a warning (appended to `warnings`)."""
     for query in slo.queries():
         problems = check_expression(query, contract)
+        unknown = [p for p in problems if p.endswith(UNDECLARED)]
+        if not strict:
+            problems = [p for p in problems if p not in unknown]
+            if warnings is not None:
+                for problem in unknown:
+                    message = (
+                        f"{slo.source}: SLO {slo.name!r}: {problem}; its rules are generated "
+                        "unchecked (`--strict` refuses this)"
+                    )
+                    if message not in warnings:
+                        warnings.append(message)
         if problems:
             raise SLOError(f"{slo.source}: SLO {slo.name!r}: " + "; ".join(problems))
 
@@ -647,12 +696,48 @@ def alert_rules(slo: SLO) -> list[dict[str, Any]]:
     return rules
 
 
-def rule_groups(slos: Sequence[SLO]) -> list[dict[str, Any]]:
+def parse_extra_labels(items: Iterable[str]) -> dict[str, str]:
+    """`--extra-labels KEY=VALUE` (repeatable), as Sloth's CLI takes them."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SLOError(f"--extra-labels {item!r}: expected KEY=VALUE, e.g. team=ml-platform")
+        labels.update(_labels({key: value}, "--extra-labels"))
+    return labels
+
+
+def _with_extra(rules: list[dict[str, Any]], extra: dict[str, str]) -> list[dict[str, Any]]:
+    if not extra:
+        return rules
+    return [
+        {**rule, "labels": dict(sorted({**rule.get("labels", {}), **extra}.items()))}
+        for rule in rules
+    ]
+
+
+def rule_groups(
+    slos: Sequence[SLO], extra_labels: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The rule groups of the SLOs; `extra_labels` go on every rule (recording and alert),
+    over the spec's own labels, as Sloth's `--extra-labels` do."""
+    extra = dict(extra_labels or {})
     groups: list[dict[str, Any]] = []
     for slo in slos:
-        groups.append({"name": f"sloth-slo-sli-recordings-{slo.id}", "rules": sli_rules(slo)})
-        groups.append({"name": f"sloth-slo-meta-recordings-{slo.id}", "rules": meta_rules(slo)})
-        alerts = alert_rules(slo)
+        groups.append(
+            {
+                "name": f"sloth-slo-sli-recordings-{slo.id}",
+                "rules": _with_extra(sli_rules(slo), extra),
+            }
+        )
+        groups.append(
+            {
+                "name": f"sloth-slo-meta-recordings-{slo.id}",
+                "rules": _with_extra(meta_rules(slo), extra),
+            }
+        )
+        alerts = _with_extra(alert_rules(slo), extra)
         if alerts:
             groups.append({"name": f"sloth-slo-alerts-{slo.id}", "rules": alerts})
     return groups
@@ -674,7 +759,9 @@ def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str_representer)
 
 
-def render(slos: Sequence[SLO], sources: Sequence[str]) -> str:
+def render(
+    slos: Sequence[SLO], sources: Sequence[str], extra_labels: dict[str, str] | None = None
+) -> str:
     ids = [s.id for s in slos]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -692,8 +779,13 @@ def render(slos: Sequence[SLO], sources: Sequence[str]) -> str:
         "# 30m and 6h faster than 6x; ticket when 2h and 1d burn faster than 3x or 6h and 3d",
         "# faster than 1x (SRE workbook, chapter 5).",
     ]
+    if extra_labels:
+        header.append(
+            "# Extra labels on every rule (--extra-labels): "
+            + ", ".join(f"{k}={v}" for k, v in sorted(extra_labels.items()))
+        )
     body = yaml.dump(
-        {"groups": rule_groups(slos)},
+        {"groups": rule_groups(slos, extra_labels)},
         Dumper=_Dumper,
         sort_keys=False,
         width=4096,
@@ -706,10 +798,16 @@ def spec_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".yml", ".yaml") and p.is_file())
 
 
-def load_all(paths: Sequence[Path], contract: Contract | None = None) -> list[SLO]:
+def load_all(
+    paths: Sequence[Path],
+    contract: Contract | None = None,
+    *,
+    strict: bool = True,
+    warnings: list[str] | None = None,
+) -> list[SLO]:
     slos: list[SLO] = []
     for path in paths:
-        slos.extend(load_file(path, contract))
+        slos.extend(load_file(path, contract, strict=strict, warnings=warnings))
     return slos
 
 
@@ -720,12 +818,21 @@ def _display(path: Path, root: Path) -> str:
         return path.name
 
 
-def render_files(paths: Sequence[Path], root: Path | None = None) -> str:
+def render_files(
+    paths: Sequence[Path],
+    root: Path | None = None,
+    *,
+    strict: bool = True,
+    warnings: list[str] | None = None,
+    extra_labels: dict[str, str] | None = None,
+) -> str:
     root = root or repo_root()
-    return render(load_all(paths), [_display(p, root) for p in paths])
+    slos = load_all(paths, strict=strict, warnings=warnings)
+    return render(slos, [_display(p, root) for p in paths], extra_labels)
 
 
 def render_repository_rules() -> str:
-    """The committed deploy/prometheus/rules/slos.generated.yml, from deploy/prometheus/slos/."""
+    """The committed deploy/prometheus/rules/slos.generated.yml, from deploy/prometheus/slos/:
+    strict, so every metric the project's own SLOs read is in the telemetry contract."""
     root = repo_root()
-    return render_files(spec_files(root / SPECS_DIR), root)
+    return render_files(spec_files(root / SPECS_DIR), root, strict=True)
