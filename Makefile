@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up test bench lint fmt generate dashboards pin model clean
+.PHONY: help bootstrap up test bench lint fmt generate dashboards drill-matrix pin model clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ generate: bootstrap ## regenerate generated files (docs/telemetry.md, ...) from 
 
 dashboards: bootstrap ## regenerate the Grafana dashboards JSON (dashboards/*.json) from their code
 	@$(UV) run servescope dashboards
+
+drill-matrix: bootstrap ## every fault kind x service x step through the responder; table in docs/labs.md
+	@SERVESCOPE_WRITE_DRILL_MATRIX=1 $(UV) run pytest -s tests/alerting/test_drill_matrix.py
 
 pin: ## re-pin every dependency version in pyproject.toml from a fresh resolution
 	@$(UV) run python scripts/pin.py

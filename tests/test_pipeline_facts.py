@@ -255,7 +255,8 @@ def test_the_contract_takes_its_pipeline_labels_and_step_spans_from_the_pipeline
     contract = load_contract()
     assert contract.pipeline == PIPELINE
     assert contract.label_rules["stage"].values == PIPELINE.stage_names
-    assert contract.label_rules["step"].values == PIPELINE.step_names
+    # `step` may also be empty: a service-wide fault (servescope_fault_value{step=""}).
+    assert contract.label_rules["step"].values == (*PIPELINE.step_names, "")
     assert contract.label_rules["signal"].values == tuple(s.name for s in PIPELINE.drift)
     internal = {
         (s.name, s.services)
@@ -381,8 +382,8 @@ def observed() -> Iterator[dict[str, Any]]:
         faults_of: dict[str, Faults] = {}
         original_init = Faults.__init__
 
-        def init(self: Faults, steps: tuple[str, ...], metrics: Any = None) -> None:
-            original_init(self, steps, metrics)
+        def init(self: Faults, steps: tuple[str, ...], metrics: Any = None, **kw: Any) -> None:
+            original_init(self, steps, metrics, **kw)
             faults_of[metrics.service if metrics else "?"] = self
 
         patch.setattr(Faults, "__init__", init)
@@ -456,12 +457,14 @@ def test_each_service_registers_injects_and_traces_its_declared_steps(observed) 
         registered = client.get("/admin/faults", headers=auth).json()["steps"]
         if registered != declared:
             problems.append(f"{service} registers fault steps {registered}, declared {declared}")
-        gauges = _series_labels(
-            client.get("/metrics").text, "servescope_fault_delay_seconds", "step"
+        gauges = re.findall(
+            r'^servescope_fault_value\{kind="delay",service="[a-z]+",step="([^"]*)"',
+            client.get("/metrics").text,
+            re.MULTILINE,
         )
         if gauges != declared:
             problems.append(
-                f"{service} exposes servescope_fault_delay_seconds for {gauges}, declared {declared}"
+                f"{service} exposes servescope_fault_value for {gauges}, declared {declared}"
             )
         if observed["injected"][service] != declared:
             problems.append(

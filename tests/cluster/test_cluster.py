@@ -28,6 +28,9 @@ from servescope.cli import kube_stack as stack_cli
 ROOT = Path(__file__).resolve().parents[2]
 PROVIDERS = [name for name in ("k3d", "kind", "minikube") if shutil.which(name)]
 SERVICES = ("preprocess", "classifier", "postprocess")
+# Every image the chart runs under the profile below: the services and the alert responder
+# (every lab profile turns it on: it receives the alerts of the rules the profile loads).
+IMAGES = (*SERVICES, "responder")
 TAG = "cluster-test"
 
 pytestmark = [
@@ -76,7 +79,7 @@ def test_stack_and_chart_serve_a_prediction(tools, k8s):
     k8s.create()
     env = {**os.environ, "KUBECONFIG": str(k8s.kubeconfig)}
 
-    for service in SERVICES:
+    for service in IMAGES:
         image = f"servescope-{service}:{TAG}"
         _run(["docker", "build", "-f", f"services/{service}/Dockerfile", "-t", image, "."], env)
         k8s.load_image(image)
@@ -138,7 +141,7 @@ def test_stack_and_chart_serve_a_prediction(tools, k8s):
                 jobs = {
                     r["metric"]["job"]: r["value"][1] for r in json.loads(body)["data"]["result"]
                 }
-                if all(jobs.get(s) == "1" for s in SERVICES):
+                if all(jobs.get(s) == "1" for s in IMAGES):
                     break
             time.sleep(5)
-        assert all(jobs.get(s) == "1" for s in SERVICES), jobs
+        assert all(jobs.get(s) == "1" for s in IMAGES), jobs

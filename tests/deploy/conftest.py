@@ -27,6 +27,11 @@ KUBE_VERSION = "1.32.0"
 RELEASE = "servescope"
 NAMESPACE = "servescope"
 PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule", "PodMonitor"}
+# Rendering without a cluster (helm install --dry-run=client) reports only the built-in APIs,
+# so the chart leaves out its ServiceMonitor and PrometheusRule (their CRDs come with the
+# stack). Tests render "after `servescope stack install`" by default with this overlay, which
+# tells the chart the CRDs exist; `render(..., crds=False)` renders what a bare cluster gets.
+WITH_STACK_CRDS: dict[str, Any] = {"monitoring": {"assumeCRDs": True}}
 
 # Every values combination the tests render: the defaults, each ci/*.yaml, each skaffold
 # profile's values file.
@@ -115,12 +120,19 @@ def render_values(values: dict[str, Any], chart: Path = CHART) -> Rendered:
 
 
 @functools.cache
-def _render_cached(files: tuple[Path, ...], values_json: str) -> Rendered:
-    return render_values(load_values(files, json.loads(values_json)))
+def _render_cached(files: tuple[Path, ...], values_json: str, crds: bool) -> Rendered:
+    base = WITH_STACK_CRDS if crds else {}
+    return render_values(
+        merge_values(load_values(files), merge_values(base, json.loads(values_json)))
+    )
 
 
-def render(files: Sequence[Path] = (), values: dict[str, Any] | None = None) -> Rendered:
-    return _render_cached(tuple(files), json.dumps(values or {}, sort_keys=True))
+def render(
+    files: Sequence[Path] = (), values: dict[str, Any] | None = None, *, crds: bool = True
+) -> Rendered:
+    """The chart rendered with `files` then `values`; `crds` says whether the cluster has the
+    Prometheus Operator's CRDs (as after `servescope stack install`)."""
+    return _render_cached(tuple(files), json.dumps(values or {}, sort_keys=True), crds)
 
 
 def lint(values: dict[str, Any]) -> list[str]:
@@ -173,6 +185,8 @@ class Helm:
     RELEASE = RELEASE
     NAMESPACE = NAMESPACE
     PROMETHEUS_OPERATOR_KINDS = PROMETHEUS_OPERATOR_KINDS
+    WITH_STACK_CRDS = WITH_STACK_CRDS
+    merge_values = staticmethod(merge_values)
     RenderError = RenderError
     render = staticmethod(render)
     render_values = staticmethod(render_values)

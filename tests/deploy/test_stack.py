@@ -129,7 +129,10 @@ def test_files_owned_elsewhere_are_read_in_place(tmp_path, capsys):
     in_cluster["receivers"][1]["webhook_configs"][0]["url"] = (
         "http://servescope-responder.servescope.svc.cluster.local:9095/alerts"
     )
-    assert generated == {"alertmanager": {"config": in_cluster}}
+    (spec,) = next(
+        r for r in stack_cli.load_stack(ROOT).releases if r.name == "kube-prometheus-stack"
+    ).yaml_files
+    assert generated == {"alertmanager": {"config": stack_cli.apply_overlay(in_cluster, spec)}}
     fluent = next(line for line in out.splitlines() if "upgrade --install fluent-bit" in line)
     assert "--values deploy/stack/fluent-bit-sampling.yaml" in fluent
     assert "--set-file 'luaScripts.sampling\\.lua=deploy/fluent-bit/sampling.lua'" in fluent
@@ -265,3 +268,24 @@ def test_images_name_no_registry_host_and_paths_stay_inside(helm):
     assert checked >= 4  # the three component repositories and the collector's image
     for deployment in helm.render().of_kind("Deployment"):
         assert "/" not in helm.containers(deployment)[0]["image"]
+
+
+def test_overlay_sets_prepends_and_appends_without_touching_the_source():
+    source = {"route": {"receiver": "ticket", "routes": [{"receiver": "page"}]}, "receivers": []}
+    spec = {
+        "path": "x.yml",
+        "set": {"route.receiver": "null", "global.resolve_timeout": "5m"},
+        "prepend": {"route.routes": [{"receiver": "null"}]},
+        "append": {"receivers": [{"name": "null"}], "inhibit_rules": [{"equal": ["a"]}]},
+    }
+    result = stack_cli.apply_overlay(source, spec)
+    assert result == {
+        "route": {"receiver": "null", "routes": [{"receiver": "null"}, {"receiver": "page"}]},
+        "receivers": [{"name": "null"}],
+        "global": {"resolve_timeout": "5m"},
+        "inhibit_rules": [{"equal": ["a"]}],
+    }
+    assert source["route"]["receiver"] == "ticket"  # the parsed file is left as read
+    assert stack_cli.apply_overlay(source, {"path": "x.yml"}) is source
+    with pytest.raises(stack_cli.StackError, match="needs a list"):
+        stack_cli.apply_overlay(source, {"path": "x.yml", "append": {"route": [{}]}})

@@ -27,7 +27,9 @@ def predict_seconds(url: str) -> float:
 
 def fault_gauge(url: str, step: str) -> float:
     for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(f'servescope_fault_delay_seconds{{step="{step}"}}'):
+        if line.startswith("servescope_fault_value{") and (
+            'kind="delay"' in line and f'step="{step}"' in line
+        ):
             return float(line.split()[-1])
     raise AssertionError(f"no fault gauge for {step}")
 
@@ -70,7 +72,8 @@ def test_admin_endpoint_needs_the_token_and_toggles_the_fault(start_stack) -> No
     too_long = httpx.put(
         stack.url + "/admin/faults/resize", json={"delay_seconds": 99}, headers=auth
     )
-    assert too_long.status_code == 422
+    assert too_long.status_code == 400
+    assert "at most 30 seconds" in too_long.json()["error"]
 
     on = httpx.put(stack.url + "/admin/faults/resize", json={"delay_seconds": 0.3}, headers=auth)
     assert on.status_code == 200
@@ -89,7 +92,7 @@ def test_admin_endpoint_needs_the_token_and_toggles_the_fault(start_stack) -> No
 def test_an_unknown_fault_step_at_startup_fails_fast(start_stack) -> None:
     from servescope.cli.local.services import LocalStackError
 
-    with pytest.raises(LocalStackError, match="exited during startup"):
+    with pytest.raises(LocalStackError, match="exited during startup") as failed:
         start_stack(
             env={
                 "postprocess": {
@@ -98,3 +101,4 @@ def test_an_unknown_fault_step_at_startup_fails_fast(start_stack) -> None:
                 }
             }
         )
+    assert "unknown step 'warp'" in str(failed.value)

@@ -28,8 +28,8 @@ def test_a_slow_resize_names_preprocess_its_stage_and_the_step() -> None:
             ),
             result(
                 "faults",
-                ({"job": "preprocess", "step": "resize"}, 0.3),
-                ({"job": "classifier", "step": "infer"}, 0.1),
+                ({"job": "preprocess", "kind": "delay", "step": "resize"}, 0.3),
+                ({"job": "classifier", "kind": "delay", "step": "infer"}, 0.1),
             ),
         ),
         "preprocess",
@@ -43,11 +43,31 @@ def test_a_fault_in_another_service_is_not_the_step() -> None:
     found = c.latency_culprit(
         results(
             result("stage_p95", ({"stage": "preprocess"}, 0.3), ({"stage": "infer"}, 0.01)),
-            result("faults", ({"job": "classifier", "step": "infer"}, 0.5)),
+            result("faults", ({"job": "classifier", "kind": "delay", "step": "infer"}, 0.5)),
         ),
         "preprocess",
     )
     assert (found.service, found.stage, found.step) == ("preprocess", "preprocess", None)
+
+
+def test_a_cpu_fault_names_its_step_and_other_kinds_do_not() -> None:
+    stages = result("stage_p95", ({"stage": "preprocess"}, 0.3), ({"stage": "end_to_end"}, 0.31))
+    cpu = c.latency_culprit(
+        results(
+            stages,
+            result("faults", ({"job": "preprocess", "kind": "cpu", "step": "normalise"}, 0.25)),
+        ),
+        "preprocess",
+    )
+    assert cpu.step == "normalise"
+    assert any("step normalise burning CPU for 250 ms" in e for e in cpu.evidence)
+    leak = c.latency_culprit(
+        results(
+            stages, result("faults", ({"job": "preprocess", "kind": "leak", "step": "resize"}, 1e6))
+        ),
+        "preprocess",
+    )
+    assert leak.step is None
 
 
 def test_a_slow_infer_stage_tells_the_model_from_the_network() -> None:

@@ -67,8 +67,8 @@ def test_code_that_disagrees_fails_naming_itself() -> None:
 def test_the_contract_derives_its_labels_spans_and_help_from_the_pipeline() -> None:
     contract = load_contract()
     assert contract.pipeline == PIPELINE
-    assert contract.label_rules["step"].values == PIPELINE.step_names
-    help_text = contract.metric("servescope_fault_delay_seconds").help
+    assert contract.label_rules["step"].values == (*PIPELINE.step_names, "")
+    help_text = contract.metric("servescope_fault_value").help
     assert "classifier: infer; postprocess: softmax_topk" in help_text
     assert "{pipeline." not in " ".join(m.help for m in contract.metrics)
     spans = {s.name: s for s in contract.spans if s.kind == "INTERNAL"}

@@ -2,7 +2,9 @@
 working set against RSS, cache and the limit, restarts, OOM kills, HPA replicas.
 
 The series come from the kubelet's cAdvisor and kube-state-metrics (kube-prometheus-stack);
-in local mode they do not exist and the panels stay empty.
+in local mode from `servescope up`'s own exporter (tools/cli/.../local/exporter.py), which
+publishes the same names and labels from each service's cgroup and its supervisor. Only the
+HPA panel stays empty locally (no HorizontalPodAutoscaler there).
 """
 
 from __future__ import annotations
@@ -124,8 +126,9 @@ def build(root: Path) -> Dashboard:
             "short",
             [
                 Query(
+                    # `or vector(0)`: 0, not "No data", when nothing was ever OOM killed.
                     "sum(kube_pod_container_status_last_terminated_reason"
-                    f'{{{KSM}, reason="OOMKilled"}})',
+                    f'{{{KSM}, reason="OOMKilled"}}) or vector(0)',
                     "containers",
                 )
             ],
@@ -176,9 +179,9 @@ def build(root: Path) -> Dashboard:
     return dashboard(
         UID,
         "Servescope / Pods and resources",
-        "Kubernetes mode: the Servescope containers' CPU and memory against their requests "
+        "The Servescope containers' CPU and memory against their requests "
         "and limits, throttling, restarts, OOM kills and autoscaling (cAdvisor and "
-        "kube-state-metrics series; empty in local mode).",
+        "kube-state-metrics series; in local mode from `servescope up`'s exporter, HPA aside).",
         [("CPU", cpu), ("Memory", memory), ("Restarts and scaling", lifecycle)],
         variables=[
             query_variable(

@@ -17,7 +17,7 @@ from servescope.telemetry.pipeline import PIPELINE
 # The pipeline's facts, from the telemetry contract (servescope.telemetry.pipeline).
 STAGE_SERVICE = PIPELINE.stage_service  # part stage -> the service doing its work
 STAGE_MEANING = PIPELINE.stage_meaning
-STEP_STAGE = PIPELINE.step_stage  # fault step (servescope_fault_delay_seconds{step}) -> stage
+STEP_STAGE = PIPELINE.step_stage  # fault step (servescope_fault_value{step}) -> stage
 EDGE = PIPELINE.services[0]
 TOTAL = PIPELINE.total.name  # the whole prediction (end_to_end)
 # Deeper services first: when several fail, the deepest failure explains the others.
@@ -27,6 +27,8 @@ DRIFT_THRESHOLDS = PIPELINE.drift_thresholds
 MODEL_STAGE = "infer"
 MODEL_SERVICE = PIPELINE.stage(MODEL_STAGE).service  # fails at import if it is gone
 MODEL_STEP = PIPELINE.stage(MODEL_STAGE).steps[0].name  # the onnxruntime call: step infer
+# Fault kinds (servescope_fault_value{kind}) that slow a step, and how the note says it.
+SLOWING_FAULTS = {"delay": "delayed by", "cpu": "burning CPU for"}
 
 
 @dataclass
@@ -66,17 +68,18 @@ def latency_culprit(results: Results, alert_service: str | None) -> Culprit:
     if end_to_end is not None:
         evidence.append(f"end to end p95 {_seconds(end_to_end)}")
     culprit = Culprit(service, slowest, evidence=evidence)
-    # An injected delay in a step of that stage, in that service, is the step.
+    # An injected delay (or CPU burn) in a step of that stage, in that service, is the step.
     faults = [
-        (s.value, s.labels.get("step", ""))
+        (s.value, s.labels.get("step", ""), s.labels.get("kind", "delay"))
         for s in (results["faults"].samples if "faults" in results else [])
         if s.labels.get("job", service) == service
+        and s.labels.get("kind", "delay") in SLOWING_FAULTS
         and STEP_STAGE.get(s.labels.get("step", "")) == slowest
     ]
     if faults:
-        delay, step = max(faults)
+        value, step, kind = max(faults)
         culprit.step = step
-        evidence.append(f"fault injection on: step {step} delayed by {_seconds(delay)}")
+        evidence.append(f"fault injection on: step {step} {SLOWING_FAULTS[kind]} {_seconds(value)}")
     server = _values(results, "server_p95", "job")
     client = _values(results, "client_p95", "peer_service")
     detail = ""

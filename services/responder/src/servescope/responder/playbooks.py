@@ -72,8 +72,8 @@ LATENCY_CHECKS = (
     ),
     Check(
         "faults",
-        "fault injections switched on",
-        'servescope_fault_delay_seconds{{step!=""{ns}}} > 0',
+        "fault injections that slow a step (delay, cpu) switched on",
+        'servescope_fault_value{{kind=~"delay|cpu", step!=""{ns}}} > 0',
     ),
     Check(
         "in_flight",
@@ -119,8 +119,8 @@ ERROR_CHECKS = (
     Check("ready", "readiness", f'servescope_ready{{{{job=~"{JOBS}"{{ns}}}}}}'),
     Check(
         "faults",
-        "fault injections switched on",
-        'servescope_fault_delay_seconds{{step!=""{ns}}} > 0',
+        "fault injections switched on (any kind)",
+        'servescope_fault_value{{kind!=""{ns}}} > 0',
     ),
 )
 

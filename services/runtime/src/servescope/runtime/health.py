@@ -7,6 +7,7 @@ metadata fetched, not draining); failing it only takes the pod out of load balan
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
@@ -26,6 +27,8 @@ class Health:
     # Set when the service cannot ever become ready (say, the model file is unreadable);
     # the server then exits non-zero instead of idling unready forever.
     fatal: str | None = None
+    # The slow_start fault (servescope.runtime.faults): not ready before this monotonic time.
+    not_before: float = 0.0
 
     def require(self, *names: str) -> None:
         for name in names:
@@ -36,10 +39,16 @@ class Health:
 
     @property
     def ready(self) -> bool:
-        return not self.draining and all(self.conditions.values())
+        return (
+            not self.draining
+            and all(self.conditions.values())
+            and (not self.not_before or time.monotonic() >= self.not_before)
+        )
 
     def not_ready_reasons(self) -> list[str]:
         reasons = [name for name, ok in self.conditions.items() if not ok]
+        if self.not_before and time.monotonic() < self.not_before:
+            reasons.append("slow_start")
         if self.draining:
             reasons.append("draining")
         return reasons

@@ -6,9 +6,10 @@ from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
 from servescope.runtime.errors import install_error_handlers
-from servescope.runtime.faults import Faults, add_admin_routes
+from servescope.runtime.faults import CountRequests, Faults, add_admin_routes
 from servescope.runtime.health import Health, add_health_routes
 from servescope.runtime.settings import CommonSettings
+from servescope.telemetry.faultspec import make, parse_list
 from servescope.telemetry.logging import bind_log_metrics
 from servescope.telemetry.metrics import ServiceMetrics, add_metrics_route
 from servescope.telemetry.middleware import HTTPTelemetryMiddleware
@@ -35,9 +36,23 @@ def instrument_app(
     """Returns the service's fault switches (set from settings; admin routes if a token)."""
     app.state.metrics = metrics  # for tests and in-process tools
     bind_log_metrics(metrics)
-    faults = Faults(fault_steps, metrics)
+    faults = Faults(
+        fault_steps,
+        metrics,
+        health=health,
+        cache_dir=settings.fault_cache_dir,
+        max_bytes=settings.fault_max_bytes,
+    )
+    # A bad spec stops the start with a message that lists the valid ones (FaultSpecError).
+    specs = parse_list(settings.faults, fault_steps)
     if settings.fault_stage and settings.fault_delay_seconds:
-        faults.set(settings.fault_stage, settings.fault_delay_seconds)
+        specs.insert(
+            0, make("delay", settings.fault_stage, settings.fault_delay_seconds, fault_steps)
+        )
+    for spec in specs:
+        faults.enable(spec, at_start=True)
+    app.state.faults = faults
+    app.add_middleware(CountRequests, faults=faults)
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
     add_admin_routes(app, faults, token)
     install_error_handlers(app, metrics)

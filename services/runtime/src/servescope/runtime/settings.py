@@ -3,6 +3,7 @@ settings module, which is the only place that service reads its environment."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -34,11 +35,29 @@ class CommonSettings(TelemetrySettings):
         None,
         description="Enables /admin/faults, guarded by this bearer token. Unset: no admin routes.",
     )
+    faults: str = Field(
+        "",
+        description="Faults on from the start, comma-separated KIND[:STEP][:VALUE] specs, e.g. "
+        "delay:resize:0.5,error:infer:0.2,crash:100 (kinds and bounds: "
+        "servescope.telemetry.faultspec; steps: the contract's pipeline section). Empty: none.",
+    )
     fault_stage: str | None = Field(
         None,
-        description="Fault step to slow down at startup (the service's steps are in the "
-        "telemetry contract's pipeline section).",
+        description="Older form of a delay fault: the step to slow down at startup (with "
+        "fault_delay_seconds); SERVESCOPE_FAULTS=delay:STEP:SECONDS says the same.",
     )
     fault_delay_seconds: float = Field(
         0.0, ge=0, le=30, description="Extra delay in fault_stage; 0 = no fault."
+    )
+    fault_cache_dir: Path | None = Field(
+        None,
+        description="Where the cache fault writes its file; unset: /dev/shm (tmpfs) when "
+        "present, else the temp dir. In a pod, an emptyDir with medium Memory.",
+    )
+    fault_max_bytes: int = Field(
+        1024**3,
+        ge=0,
+        le=64 * 1024**3,
+        description="The leak and cache faults each stop growing at this many bytes (safety "
+        "for runs without a memory limit).",
     )

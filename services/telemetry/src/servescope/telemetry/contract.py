@@ -121,7 +121,12 @@ def _parse(raw: dict[str, Any]) -> Contract:
                     + ", ".join(f"{label} from {src}" for label, src in DERIVED_LABELS.items())
                     + ")"
                 )
-            rules[name] = LabelRule(name, derived_values(pipeline, name))
+            # optional: the label may also be empty (Prometheus: absent), e.g. `step` on a
+            # service-wide fault.
+            extra = ("",) if rule.get("optional") else ()
+            rules[name] = LabelRule(
+                name, derived_values(pipeline, name) + extra, note=str(rule.get("note", ""))
+            )
         else:
             rules[name] = LabelRule(name, pattern=rule["pattern"], note=rule.get("note", ""))
     routes = {svc: tuple(body["routes"]) for svc, body in raw["services"].items()}

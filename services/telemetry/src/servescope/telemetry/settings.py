@@ -29,8 +29,8 @@ class TelemetrySettings(BaseSettings):
     )
     trace_file: Path | None = Field(
         None,
-        description="Without an OTLP endpoint, write spans as JSON lines here (local mode: "
-        ".run/traces/<service>.jsonl, read by `servescope trace`).",
+        description="Also write spans as JSON lines here, with or without an OTLP endpoint "
+        "(local mode: .run/traces/<service>.jsonl, read by `servescope trace`).",
     )
     log_info_sample_ratio: float = Field(
         0.1,

@@ -6,8 +6,9 @@ FastAPI and HTTP-client instrumentations would make, with stable semantic-conven
 attributes, at a fraction of their per-request cost (see docs/benchmarks.md).
 
 Export: OTLP (http/protobuf or grpc, per OTEL_EXPORTER_OTLP_PROTOCOL) when
-OTEL_EXPORTER_OTLP_ENDPOINT is set; otherwise, in local mode, JSON lines in a file that
-`servescope trace` reads. Sampling is parent-based with a configurable ratio, so one
+OTEL_EXPORTER_OTLP_ENDPOINT is set, and JSON lines in a file that `servescope trace` reads
+when SERVESCOPE_TRACE_FILE is set (local mode): both when both are, so a local Jaeger shows
+the waterfall while `servescope trace` and the labs that grade trace files keep working. Sampling is parent-based with a configurable ratio, so one
 decision, taken at the edge, holds across all three services.
 """
 
@@ -111,7 +112,7 @@ def configure_tracing(settings: TelemetrySettings) -> TracerProvider | None:
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     ):
         provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
-    elif settings.trace_file is not None:
+    if settings.trace_file is not None:
         provider.add_span_processor(BatchSpanProcessor(JsonLinesSpanExporter(settings.trace_file)))
     trace.set_tracer_provider(provider)
     return provider

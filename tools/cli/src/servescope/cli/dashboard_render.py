@@ -455,10 +455,15 @@ def render_all(
 
 def capture_local(out_dir: Path, seconds: float = 240.0, run_dir: Path | None = None) -> list[Path]:
     """Start the services and a Prometheus (2 s scrapes, the repository's rules), send mixed
-    traffic and then a drift mix, render every dashboard, and stop everything started."""
+    traffic and then a drift mix, render every dashboard, and stop everything started.
+
+    Where cgroups are writable the services run with limits, supervised and exported as
+    `servescope up --limit` runs them, so the Pods dashboard shows real container series."""
     import asyncio
     import tempfile
 
+    from servescope.cli.local.cgroups import Limits
+    from servescope.cli.local.containers import ContainerRuntime
     from servescope.cli.local.services import (
         SERVICES,
         LocalStack,
@@ -471,11 +476,34 @@ def capture_local(out_dir: Path, seconds: float = 240.0, run_dir: Path | None = 
 
     base = run_dir or Path(tempfile.mkdtemp(prefix="servescope-render-"))
     stack = LocalStack(ports={name: free_port() for name in SERVICES}, run_dir=base)
+    mib = 1 << 20
+    runtime = ContainerRuntime(
+        stack.services,
+        limits={
+            "preprocess": Limits(128 * mib, 300),
+            "classifier": Limits(128 * mib, 500),
+            "postprocess": Limits(96 * mib, 200),
+        },
+        say=lambda _: None,
+    )
+    runtime.prepare()
+    try:
+        stack.start()
+    except BaseException:
+        runtime.close()
+        raise
+    runtime.start(exporter_port=0)
     port = free_port()
     prometheus = PrometheusProcess(
-        port, base / "prometheus", prometheus_config(stack.ports, port, "2s")
+        port,
+        base / "prometheus",
+        prometheus_config(
+            stack.ports,
+            port,
+            "2s",
+            exporter_port=runtime.exporter.port if runtime.exporter else None,
+        ),
     )
-    stack.start()
     try:
         prometheus.start()
         prometheus.wait_for_targets()
@@ -496,4 +524,6 @@ def capture_local(out_dir: Path, seconds: float = 240.0, run_dir: Path | None = 
         return render_all(prometheus.url, out_dir, minutes=seconds / 60 + 0.5, logs_dir=base)
     finally:
         prometheus.stop()
+        runtime.stop_supervising()
         stack.stop()
+        runtime.close()

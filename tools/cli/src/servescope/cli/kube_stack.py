@@ -9,7 +9,9 @@ Files that other issues own are read where they live, never copied: Alertmanager
 under .run/stack/, its templates and the Fluent Bit Lua filters (the `setFiles` globs of
 deploy/stack/stack.yaml; none exists yet) are passed with `--set-file`. Whatever does not exist yet is simply left out. A YAML file's
 `replaceUrlPrefixes` turns local-mode addresses into in-cluster ones on the way (the
-responder's webhook URL: 127.0.0.1:9095 locally, the app chart's responder Service here).
+responder's webhook URL: 127.0.0.1:9095 locally, the app chart's responder Service here), and
+its `set` / `prepend` / `append` put back what the target chart's own default would have had
+(kube-prometheus-stack's `null` route for Watchdog and InfoInhibitor, its inhibitions).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ STACK_FILE = Path("deploy/stack/stack.yaml")
 GENERATED_DIR = Path(".run/stack")
 DEFAULT_TIMEOUT = "15m"
 INSTALL_HINT = "install Helm 3.14 or newer (https://helm.sh/docs/intro/install/)"
+MINIKUBE_START = "minikube start --cpus 4 --memory 8g --cni calico --addons metrics-server"
 CLUSTER_HINT = (
-    "start one with `minikube start --cpus 4 --memory 8g` (README.md, 'Run on Minikube') "
+    f"start one with `{MINIKUBE_START}` (deploy/README-minikube.md) "
     "or choose a context with --kube-context"
 )
 
@@ -133,6 +136,36 @@ def replace_url_prefixes(value: Any, prefixes: Mapping[str, str]) -> tuple[Any, 
     return walk(value), matched
 
 
+def _parent(target: dict[str, Any], dotted: str) -> tuple[dict[str, Any], str]:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+    return target, keys[-1]
+
+
+def apply_overlay(content: Any, spec: Mapping[str, Any]) -> Any:
+    """`content` (a parsed YAML mapping) with a spec's `set` ({dotted key: value}, replaced),
+    `prepend` and `append` ({dotted key: list}, the list extended before or after what the
+    file has) applied, in that order. Used to put kube-prometheus-stack's own Alertmanager
+    routes back beside deploy/alertmanager/alertmanager.yml's."""
+    if not any(spec.get(k) for k in ("set", "prepend", "append")):
+        return content
+    if not isinstance(content, dict):
+        raise StackError(f"{spec['path']}: set/prepend/append need a YAML mapping")
+    result = json.loads(json.dumps(content))
+    for dotted, value in (spec.get("set") or {}).items():
+        parent, key = _parent(result, dotted)
+        parent[key] = value
+    for where in ("prepend", "append"):
+        for dotted, items in (spec.get(where) or {}).items():
+            parent, key = _parent(result, dotted)
+            current = parent.get(key) or []
+            if not isinstance(current, list) or not isinstance(items, list):
+                raise StackError(f"{spec['path']}: {where} {dotted!r} needs a list on both sides")
+            parent[key] = [*items, *current] if where == "prepend" else [*current, *items]
+    return result
+
+
 def generated_values(root: Path, release: Release) -> tuple[Path, dict[str, Any]] | None:
     """The values built from YAML files owned elsewhere (e.g. Alertmanager routes), or None
     when none of them exists yet. The path is relative to `root`.
@@ -157,6 +190,7 @@ def generated_values(root: Path, release: Release) -> tuple[Path, dict[str, Any]
                     f"replacement {unused[0]!r} -> {prefixes[unused[0]]!r} ({STACK_FILE}, "
                     "replaceUrlPrefixes) would do nothing; update one of the two"
                 )
+            content = apply_overlay(content, spec)
             _set_nested(values, spec["key"], content)
     if not values:
         return None
@@ -308,7 +342,9 @@ def cmd_install(args: argparse.Namespace) -> int:
     if code == 0:
         print(
             f"stack installed in namespace {stack.namespace}; "
-            "`servescope stack status` lists the releases",
+            "`servescope stack status` lists the releases. Deploy the app now, or again if it "
+            "was deployed before the stack (its ServiceMonitor and rules need the stack's "
+            "CRDs): `skaffold dev -p beginner` (deploy/README-minikube.md)",
             flush=True,
         )
     return code

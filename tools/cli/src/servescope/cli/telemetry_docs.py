@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from servescope.telemetry.contract import Contract, LabelRule, load_contract
+from servescope.telemetry.faultspec import KINDS
 
 
 def _values(rule: LabelRule) -> str:
     if rule.values:
-        return ", ".join(f"`{v}`" for v in rule.values)
+        values = ", ".join(f"`{v}`" if v else "empty" for v in rule.values)
+        return values + (f" ({rule.note})" if rule.note else "")
     return f"pattern `{rule.pattern}`" + (f" ({rule.note})" if rule.note else "")
 
 
@@ -21,7 +23,7 @@ def _pipeline(contract: Contract) -> list[str]:
         "",
         "The stages of a prediction, in order, as the edge times them (label `stage` of",
         "`servescope_stage_duration_seconds`), the service doing each, and its fault-injection",
-        "steps (label `step` of `servescope_fault_delay_seconds`, `SERVESCOPE_FAULT_STAGE`,",
+        "steps (label `step` of `servescope_fault_value`, `SERVESCOPE_FAULTS`,",
         "`/admin/faults/{step}`; each step is also an INTERNAL span of the same name).",
         "",
         "| stage | service | steps | meaning |",
@@ -30,6 +32,19 @@ def _pipeline(contract: Contract) -> list[str]:
     for stage in pipeline.stages:
         steps = " ".join(f"`{step.name}`: {step.meaning}" for step in stage.steps) or "-"
         out.append(f"| `{stage.name}` | {stage.service} | {steps} | {stage.meaning} |")
+    out += [
+        "",
+        "Fault kinds (`servescope.telemetry.faultspec`; label `kind` of `servescope_fault_value`",
+        "and `servescope_fault_injections_total`). A spec is `KIND[:STEP][:VALUE]`, switched on",
+        "at start by `SERVESCOPE_FAULTS` (comma-separated) or at run time with `PUT /admin/faults`",
+        '(`{"spec": "error:infer:0.2"}`, only when `SERVESCOPE_ADMIN_TOKEN` is set); off by default:',
+        "",
+        "| spec | value | at run time | what it does |",
+        "|---|---|---|---|",
+    ]
+    for kind in KINDS.values():
+        runtime = "yes" if kind.runtime else "no (environment only)"
+        out.append(f"| `{kind.usage}` | {kind.bounds()} | {runtime} | {kind.meaning} |")
     out += ["", "Services, in call order:", ""]
     for service in pipeline.services:
         calls = f" Calls {', '.join(service.calls)}." if service.calls else ""

@@ -8,9 +8,16 @@ import time
 from pathlib import Path
 
 from servescope.cli.local.alerting import DEFAULT_ALERTMANAGER_PORT, DEFAULT_RESPONDER_PORT
+from servescope.cli.local.cgroups import Limits, parse_limit_spec
 from servescope.cli.local.process import LocalStackError
 from servescope.cli.local.services import DEFAULT_PORTS
-from servescope.cli.local.session import DEFAULT_PROMETHEUS_PORT, LocalSession, parse_fault
+from servescope.cli.local.session import (
+    DEFAULT_EXPORTER_PORT,
+    DEFAULT_PROMETHEUS_PORT,
+    LocalSession,
+    parse_fault,
+)
+from servescope.cli.local.viewers import DEFAULT_GRAFANA_PORT
 from servescope.cli.output import say
 
 
@@ -27,6 +34,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         responder_port=args.port_responder,
         rate=args.rate,
         faults=args.fault,
+        exporter_port=args.port_exporter,
+        grafana_port=args.port_grafana if args.grafana else None,
+        jaeger=args.jaeger,
     )
     # A SIGTERM while starting must still stop what has started (start() cleans up on any
     # exception), so it interrupts like Ctrl-C until the steady-state handler takes over.
@@ -34,6 +44,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         for spec in args.fault:
             parse_fault(spec)
+        session.limits = parse_limits(args.limit)
         say(f"starting classifier, postprocess and preprocess (logs in {args.run_dir}/) ...")
         started = time.monotonic()
         session.start(timeout=args.timeout)
@@ -55,7 +66,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         + _url(session)
     )
     say(
-        f"      uv run servescope fault preprocess resize 0.5{_port(session)}"
+        f"      uv run servescope fault preprocess delay resize 0.5{_port(session)}"
         "   (then: uv run servescope trace --slowest 1)"
     )
     say("      uv run servescope lab list   (hands-on labs, graded)")
@@ -65,6 +76,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     codes = session.stop()
     say("stopped: " + ", ".join(f"{name} exit {code}" for name, code in codes.items()))
     return exit_code
+
+
+def parse_limits(specs: list[str]) -> dict[str, Limits]:
+    """--limit SERVICE=memory:256Mi,cpu:500m (repeatable) -> limits per service."""
+    limits: dict[str, Limits] = {}
+    for spec in specs:
+        service, parsed = parse_limit_spec(spec, tuple(DEFAULT_PORTS))
+        before = limits.get(service, Limits())
+        limits[service] = Limits(
+            parsed.memory_bytes if parsed.memory_bytes is not None else before.memory_bytes,
+            parsed.cpu_millicores if parsed.cpu_millicores is not None else before.cpu_millicores,
+        )
+    return limits
 
 
 def _interrupt(*_: object) -> None:
@@ -93,6 +117,28 @@ def summary(session: LocalSession, args: argparse.Namespace) -> list[tuple[str, 
                 "alerts",
                 f"{alerting.alertmanager.url}  (Alertmanager; incident notes in "
                 f"{alerting.responder.incidents_path}/)",
+            )
+        )
+    rows += session.viewers.summary() if session.viewers else []  # Grafana, Jaeger
+    containers = session.containers
+    if containers and containers.driver:
+        limited = ", ".join(
+            f"{name} {session.limits[name].describe()}"
+            for name in containers.cgroups
+            if name in session.limits
+        )
+        rows.append(
+            (
+                "resources",
+                f"{limited or 'no limits'}  ({containers.driver.describe()}; restarts with "
+                "back-off)",
+            )
+        )
+    if containers and containers.exporter:
+        rows.append(
+            (
+                "containers",
+                f"{containers.exporter.url}/metrics/cadvisor, /metrics/kube-state-metrics",
             )
         )
     rows.append(("traces", f"{args.run_dir}/traces/  (servescope trace --slowest 3)"))
@@ -149,8 +195,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--fault",
         action="append",
         default=[],
-        metavar="SERVICE:STEP:SECONDS",
-        help="start with a slow step, e.g. preprocess:resize:0.5 (repeatable)",
+        metavar="SERVICE:KIND[:STEP][:VALUE]",
+        help="start with a fault (repeatable), e.g. preprocess:delay:resize:0.5, "
+        "classifier:error:infer:0.2, classifier:cache:infer:4Mi, postprocess:crash:100, "
+        "classifier:slow_start:20; kinds: delay, error, cpu, leak, cache, crash, unready, "
+        "slow_start (`servescope fault --help`); SERVICE:STEP:SECONDS is a delay",
     )
     up.add_argument("--port-alertmanager", type=int, default=DEFAULT_ALERTMANAGER_PORT)
     up.add_argument("--port-responder", type=int, default=DEFAULT_RESPONDER_PORT)
@@ -159,6 +208,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         dest="alertmanager",
         action="store_false",
         help="do not start Alertmanager and the responder",
+    )
+    up.add_argument("--port-grafana", type=int, default=DEFAULT_GRAFANA_PORT)
+    up.add_argument("--no-grafana", dest="grafana", action="store_false", help="no Grafana")
+    up.add_argument("--no-jaeger", dest="jaeger", action="store_false", help="no Jaeger")
+    up.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="SERVICE=memory:QTY,cpu:QTY",
+        help="run a service in a memory and CPU cgroup, e.g. classifier=memory:256Mi,cpu:500m "
+        "(repeatable; Linux with writable cgroups, else one notice and no limits)",
+    )
+    up.add_argument(
+        "--port-exporter",
+        type=int,
+        default=DEFAULT_EXPORTER_PORT,
+        help="local cAdvisor and kube-state-metrics series",
     )
     up.add_argument("--rate", type=float, default=2.0, help="traffic per second; 0 for none")
     up.add_argument("--run-dir", default=".run", help="where process logs go")

@@ -38,7 +38,6 @@ SERVICE_NAMES = ("preprocess", "classifier", "postprocess")
 LABS_DIR = "labs"
 WORK_DIR = "work"
 _DIR_NAME = re.compile(r"^(\d{2})-([a-z0-9]+(?:-[a-z0-9]+)*)$")
-_FAULT = re.compile(r"^([a-z]+):([a-z_]+):(\d+(?:\.\d+)?)$")
 
 
 class LabError(RuntimeError):
@@ -96,6 +95,7 @@ class Lab:
     traffic: Traffic | None = None
     repo_files: tuple[str, ...] = ()
     tools: tuple[str, ...] = ()
+    timed: bool = False  # a drill: the time from `start` to the first pass is recorded
 
     def __getitem__(self, key: str) -> Any:
         return self.raw[key]
@@ -240,10 +240,22 @@ def load_lab(path: Path) -> Lab:
     if unknown:
         raise LabFormatError(f"{source}: needs: unknown {sorted(unknown)}; use {list(NEEDS)}")
     faults = _strings(raw.get("faults"), f"{source}: faults")
+    from servescope.cli.local.session import parse_fault  # the grammar of `up --fault`
+
     for fault in faults:
-        found = _FAULT.match(fault)
-        if not found or found.group(1) not in SERVICE_NAMES:
-            raise LabFormatError(f"{source}: fault {fault!r}: write service:step:seconds")
+        try:
+            service, spec = parse_fault(fault)  # every kind; service:step:seconds is a delay
+        except ValueError as exc:
+            reason = str(exc).split(": ", 1)[-1]
+            raise LabFormatError(
+                f"{source}: fault {fault!r}: write service:step:seconds (a delay) or "
+                f"service:kind[:step][:value] ({reason})"
+            ) from None
+        if service not in SERVICE_NAMES or spec.startswith("slow_start"):
+            raise LabFormatError(
+                f"{source}: fault {fault!r}: a running service of the lab takes it at run "
+                "time (slow_start acts at start only: set SERVESCOPE_FAULTS under env)"
+            )
     answer = raw.get("answer")
     if answer is not None and not (isinstance(answer, dict) and answer.get("prompt")):
         raise LabFormatError(f"{source}: answer: expected {{prompt: ...}}")
@@ -273,12 +285,19 @@ def load_lab(path: Path) -> Lab:
         traffic=_traffic(raw.get("traffic"), f"{source}: traffic"),
         repo_files=_strings(raw.get("repo_files"), f"{source}: repo_files"),
         tools=_strings(raw.get("tools"), f"{source}: tools"),
+        timed=_timed(raw.get("timed", False), f"{source}: timed"),
     )
     if not lab.checker.is_file():
         raise LabFormatError(f"{path}: check.py is missing")
     if (lab.traffic or lab.faults or lab.env_files) and not lab.needs_services:
         raise LabFormatError(f"{source}: traffic, faults and env_files need `services`")
     return lab
+
+
+def _timed(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise LabFormatError(f"{where}: expected true or false")
+    return value
 
 
 def lab_dirs(root: Path) -> Iterator[Path]:

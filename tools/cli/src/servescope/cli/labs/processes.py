@@ -502,11 +502,13 @@ class LabStack:
 
     def apply_faults(self, faults: tuple[str, ...]) -> None:
         token = self.token_file.read_text().strip()
+        from servescope.cli.local.session import parse_fault  # the grammar of `up --fault`
+
         for fault in faults:
-            service, step, seconds = fault.split(":")
+            # SERVICE:KIND[:STEP][:VALUE], or the older SERVICE:STEP:SECONDS (a delay).
+            service, spec = parse_fault(fault)
             status, body = admin(
-                self.urls()[service], token, "PUT", f"/admin/faults/{step}",
-                {"delay_seconds": float(seconds)},
+                self.urls()[service], token, "PUT", "/admin/faults", {"spec": spec}
             )  # fmt: skip
             if status != 200:
                 raise LabError(f"fault {fault}: {service} answered {status} {body}")

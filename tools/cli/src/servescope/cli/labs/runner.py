@@ -48,6 +48,15 @@ def minutes(seconds: float) -> str:
     return f"{total} min" if total < 60 else f"{total // 60} h {total % 60:02d} min"
 
 
+def _clock(seconds: float) -> str:
+    """A drill's time to diagnosis, to the second: 4m07s, 1h02m03s."""
+    whole = max(0, int(seconds))
+    hours, rest = divmod(whole, 3600)
+    return (
+        f"{hours}h{rest // 60:02d}m{rest % 60:02d}s" if hours else f"{rest // 60}m{rest % 60:02d}s"
+    )
+
+
 def _load_module(path: Path) -> ModuleType:
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(f"servescope_lab_{path.stem}_{digest}", path)
@@ -134,7 +143,12 @@ class Runner:
         entry = self.store.lab_progress(lab.id)
         if entry.get("passed_at"):
             took = minutes(float(entry["passed_at"]) - float(entry.get("started_at", 0)))
+            if entry.get("diagnosis_seconds") is not None:  # a timed drill
+                took = f"diagnosed in {_clock(float(entry['diagnosis_seconds']))}"
             return f"passed ({took}{', solved' if entry.get('solved') else ''})"
+        if lab.timed and entry.get("started_at"):
+            since = float(entry.get("timed_from", entry["started_at"]))
+            return f"started, timed ({_clock(now - since)} on the clock)"
         if entry.get("started_at"):
             return f"started ({minutes(now - float(entry['started_at']))} ago)"
         return "not started"
@@ -243,8 +257,14 @@ class Runner:
         )
         if lab.needs_services or lab.needs_prometheus:
             self._bring_up(lab)
+        if lab.timed and not self.store.lab_progress(lab.id).get("timed_from"):
+            # The drill's clock starts once the broken state is in place, and runs until
+            # the first passing check (or answer): the time to correct diagnosis.
+            self.store.update_progress(lab.id, timed_from=time.time())
         self.say("")
         self.say(f"{lab.id}: {lab.title} (about {lab.minutes} min)")
+        if lab.timed:
+            self.say("  timed: the clock runs until your first passing check")
         self.say(f"  guide: {self._rel(lab.readme)}")
         step = lab.first_step()
         if step:
@@ -350,8 +370,13 @@ class Runner:
             if not entry.get("passed_at"):
                 changes["passed_at"] = now
                 changes.setdefault("started_at", entry.get("started_at", now))
+                if lab.timed:  # time to correct diagnosis, from `start` to the first pass
+                    since = entry.get("timed_from", entry.get("started_at", now))
+                    changes["diagnosis_seconds"] = round(now - float(since), 1)
             self.store.update_progress(lab.id, **changes)
             took = minutes(now - float(entry.get("started_at", now)))
+            if lab.timed and changes.get("diagnosis_seconds") is not None:
+                took = f"time to diagnosis {_clock(changes['diagnosis_seconds'])}"
             self.say(f"passed: {lab.id} ({summary}; {took} since you started)")
             upcoming = self._next(lab)
             if upcoming:

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 
 class LocalStackError(RuntimeError):
@@ -90,6 +91,8 @@ class ManagedProcess:
         self.run_dir = run_dir
         self.env = env  # None: inherit this process's environment
         self.process: subprocess.Popen[bytes] | None = None
+        # A cgroup (servescope.cli.local.cgroups.Cgroup) the process starts inside, if any.
+        self.cgroup: Any = None
 
     # --- what subclasses say --------------------------------------------------------------
 
@@ -127,9 +130,12 @@ class ManagedProcess:
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
+        command = self.command()
+        if self.cgroup is not None:
+            command = self.cgroup.wrap(command)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.command(),
+                command,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -47,11 +47,13 @@ def prometheus_config(
     scrape_interval: str | None = None,
     alertmanager_port: int | None = None,
     responder_port: int | None = None,
+    exporter_port: int | None = None,
 ) -> dict[str, Any]:
     """deploy/local/prometheus.yml with the targets moved to the ports actually used.
 
     With `alertmanager_port`, alerts go to the Alertmanager on that port of 127.0.0.1; with
-    `responder_port`, the responder is scraped too.
+    `responder_port`, the responder is scraped too; with `exporter_port`, local mode's
+    cAdvisor and kube-state-metrics exporter (jobs `kubelet` and `kube-state-metrics`).
     """
     source = repo_root() / "deploy" / "local" / "prometheus.yml"
     config: dict[str, Any] = yaml.safe_load(source.read_text())
@@ -62,6 +64,8 @@ def prometheus_config(
     ports = {**ports, "prometheus": prometheus_port}
     if responder_port is not None:
         ports["responder"] = responder_port
+    if exporter_port is not None:
+        ports["kubelet"] = ports["kube-state-metrics"] = exporter_port
     # A job whose process does not run here (the responder without alerting) is left out.
     config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] in ports]
     for job in config["scrape_configs"]:

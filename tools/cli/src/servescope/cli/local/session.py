@@ -20,7 +20,9 @@ from servescope.cli.local.alerting import (
     DEFAULT_RESPONDER_PORT,
     LocalAlerting,
 )
-from servescope.cli.local.process import LocalStackError, ManagedProcess
+from servescope.cli.local.cgroups import Limits
+from servescope.cli.local.containers import ContainerRuntime
+from servescope.cli.local.process import LocalStackError, ManagedProcess, port_is_free
 from servescope.cli.local.services import (
     DEFAULT_PORTS,
     PROMETHEUS_INSTALL_HINT,
@@ -28,9 +30,15 @@ from servescope.cli.local.services import (
     PrometheusProcess,
     prometheus_config,
 )
-from servescope.cli.paths import heldout_dir
+from servescope.cli.local.supervisor import BACKOFF_BASE_SECONDS
+from servescope.cli.local.viewers import DEFAULT_GRAFANA_PORT, LocalViewers
+from servescope.cli.paths import heldout_dir, repo_root
+from servescope.telemetry.faultspec import KINDS, FaultSpecError
+from servescope.telemetry.faultspec import parse as parse_fault_spec
+from servescope.telemetry.pipeline import PIPELINE
 
 DEFAULT_PROMETHEUS_PORT = 9090
+DEFAULT_EXPORTER_PORT = 9096
 
 
 class TrafficProcess(ManagedProcess):
@@ -55,19 +63,29 @@ class TrafficProcess(ManagedProcess):
         ]
 
 
-def parse_fault(spec: str) -> tuple[str, str, str]:
-    """SERVICE:STEP:SECONDS -> its parts; ValueError with the expected form otherwise."""
-    parts = spec.split(":")
-    try:
-        service, step, seconds = parts
-        float(seconds)
-    except ValueError:
-        raise ValueError(
-            f"--fault {spec!r}: write SERVICE:STEP:SECONDS, e.g. preprocess:resize:0.5"
-        ) from None
+FAULT_FORM = (
+    "write SERVICE:KIND[:STEP][:VALUE], e.g. preprocess:delay:resize:0.5, "
+    "classifier:cache:infer:4Mi, postprocess:crash:100 (the older SERVICE:STEP:SECONDS is a delay)"
+)
+
+
+def parse_fault(spec: str) -> tuple[str, str]:
+    """SERVICE:KIND[:STEP][:VALUE] (or the older SERVICE:STEP:SECONDS, a delay) -> the
+    service and its SERVESCOPE_FAULTS item; ValueError listing the valid forms otherwise."""
+    service, _, rest = spec.partition(":")
     if service not in DEFAULT_PORTS:
-        raise ValueError(f"--fault {spec!r}: no service {service!r}")
-    return service, step, seconds
+        raise ValueError(
+            f"--fault {spec!r}: no service {service!r} (services: {', '.join(DEFAULT_PORTS)}); "
+            + FAULT_FORM
+        )
+    steps = PIPELINE.fault_steps(service)
+    parts = rest.split(":")
+    if len(parts) == 2 and parts[0] in steps and parts[0] not in KINDS:
+        rest = f"delay:{rest}"
+    try:
+        return service, str(parse_fault_spec(rest, steps))
+    except FaultSpecError as exc:
+        raise ValueError(f"--fault {spec!r}: {exc}; {FAULT_FORM}") from None
 
 
 @dataclass
@@ -80,15 +98,27 @@ class LocalSession:
     alertmanager_port: int | None = DEFAULT_ALERTMANAGER_PORT  # None: no alerting
     responder_port: int = DEFAULT_RESPONDER_PORT
     rate: float = 2.0  # traffic per second; 0 for none
-    faults: list[str] = field(default_factory=list)  # SERVICE:STEP:SECONDS
+    faults: list[str] = field(default_factory=list)  # SERVICE:KIND[:STEP][:VALUE]
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Resource limits per service (`up --limit`, a lab's setup): each service runs in its own
+    # memory and CPU cgroup where the kernel lets local mode make one (limited or not, so its
+    # cAdvisor series exist), under a supervisor that restarts it with kubelet's back-off.
+    limits: dict[str, Limits] = field(default_factory=dict)
+    cgroup_root: Path | None = None  # None: $SERVESCOPE_CGROUP_ROOT or /sys/fs/cgroup
+    supervise: bool = True
+    backoff_base: float = BACKOFF_BASE_SECONDS
+    exporter_port: int | None = DEFAULT_EXPORTER_PORT  # None: no cAdvisor/KSM exporter
     say: Callable[[str], None] = print
+    grafana_port: int | None = DEFAULT_GRAFANA_PORT  # None: no Grafana (local/viewers.py)
+    jaeger: bool = True  # Jaeger all-in-one when its binary is on PATH
+    viewers: LocalViewers | None = None
 
     stack: LocalStack | None = None
     prometheus: PrometheusProcess | None = None
     alerting: LocalAlerting | None = None
     traffic: TrafficProcess | None = None
     notes: list[str] = field(default_factory=list)  # why an optional piece did not start
+    containers: ContainerRuntime | None = None  # cgroups, supervisor, exporter
 
     def service_env(self) -> dict[str, dict[str, str]]:
         """Local mode keeps every trace and log line (a learner's traffic is small, and the
@@ -106,9 +136,11 @@ class LocalSession:
             for name in self.ports
         }
         for spec in self.faults:
-            service, step, seconds = parse_fault(spec)
-            env[service]["SERVESCOPE_FAULT_STAGE"] = step
-            env[service]["SERVESCOPE_FAULT_DELAY_SECONDS"] = seconds
+            service, item = parse_fault(spec)
+            faults = env[service].get("SERVESCOPE_FAULTS")
+            env[service]["SERVESCOPE_FAULTS"] = f"{faults},{item}" if faults else item
+        for name in self.ports:  # export to Jaeger too, when one runs
+            env[name].update(self.viewers.service_env() if self.viewers else {})
         for name, extra in self.extra_env.items():
             env.setdefault(name, {}).update(extra)
         return env
@@ -120,14 +152,44 @@ class LocalSession:
     def start(self, timeout: float = 60.0) -> None:
         """Start everything; LocalStackError (nothing left running) if a service cannot."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.stack = LocalStack(ports=self.ports, run_dir=self.run_dir, env=self.service_env())
+        self.viewers = LocalViewers(
+            self.run_dir, repo_root(), grafana_port=self.grafana_port, jaeger=self.jaeger
+        )
+        self.stack = LocalStack(ports=self.ports, run_dir=self.run_dir, env={})
         self.stack.check_ports()
         # Fresh logs for each run, so what a learner reads is this run's story.
         for old in [*self.run_dir.glob("*.log"), *self.run_dir.glob("traces/*.jsonl")]:
             old.unlink()
-        self.stack.start(timeout=timeout)
+        self.viewers.start_jaeger()  # before the services, which export to it
         try:
+            self.stack = LocalStack(
+                ports=self.ports, run_dir=self.run_dir, env=self.service_env()
+            )
+            self.containers = ContainerRuntime(
+                self.stack.services,
+                limits=self.limits,
+                cgroup_root=self.cgroup_root,
+                backoff_base=self.backoff_base,
+                supervise=self.supervise,
+                say=self.say,
+            )
+            self.containers.prepare()
+            if self.containers.notice:
+                self.notes.append(self.containers.notice)
+            self.stack.start(timeout=timeout)
+        except BaseException:
+            self.viewers.stop()
+            if self.containers:
+                self.containers.close()
+            raise
+        try:
+            exporter_port = self.exporter_port
+            if exporter_port is not None and not port_is_free(exporter_port):
+                exporter_port = 0  # any free port; Prometheus is told which
+            self.containers.start(exporter_port)
             self._start_observability()
+            self.viewers.start_grafana(self.prometheus.url if self.prometheus else None)
+            self.notes += self.viewers.notes
             if self.rate > 0:
                 self.traffic = TrafficProcess(self.run_dir, self.stack.url, self.rate)
                 self.traffic.launch()
@@ -161,6 +223,9 @@ class LocalSession:
             self.prometheus_port,
             alertmanager_port=self.alerting.alertmanager_port if self.alerting else None,
             responder_port=self.responder_port if self.alerting else None,
+            exporter_port=self.containers.exporter.port
+            if self.containers and self.containers.exporter
+            else None,
         )
         if self.alerting is None:
             config.pop("alerting", None)
@@ -178,14 +243,22 @@ class LocalSession:
         found: list[ManagedProcess] = list(self.stack.services.values()) if self.stack else []
         found += self.alerting.processes() if self.alerting else []
         found += [p for p in (self.prometheus, self.traffic) if p is not None]
+        found += self.viewers.processes() if self.viewers else []
         return found
 
     def dead(self) -> list[ManagedProcess]:
         """The processes that should run and do not."""
-        return [p for p in self.processes() if not p.running()]
+        containers = self.containers
+        return [
+            p
+            for p in self.processes()
+            if not p.running() and not (containers and containers.supervises(p))
+        ]
 
     def stop(self) -> dict[str, int | None]:
         codes: dict[str, int | None] = {}
+        if self.containers:
+            self.containers.stop_supervising()  # nothing restarts while it all stops
         if self.traffic:
             codes["loadgen"] = self.traffic.stop(timeout=5)
         if self.stack:
@@ -194,4 +267,8 @@ class LocalSession:
             codes["prometheus"] = self.prometheus.stop()
         if self.alerting:
             codes.update(self.alerting.stop())
+        if self.viewers:
+            codes.update(self.viewers.stop())
+        if self.containers:
+            self.containers.close()
         return codes
