@@ -225,3 +225,54 @@ def test_up_limit_flags_merge_per_service() -> None:
     }
     with pytest.raises(ValueError, match="no service 'model'"):
         parse_limits(["model=memory:1Gi"])
+
+
+def test_v2_files_are_read_with_cadvisors_v2_names(tmp_path: Path) -> None:
+    """No v2 hierarchy with controllers here: the same files, written by hand."""
+    from servescope.cli.local.cgroups import CgroupV2
+
+    (tmp_path / "memory.current").write_text("104857600\n")
+    (tmp_path / "memory.peak").write_text("134217728\n")
+    (tmp_path / "memory.stat").write_text(
+        "anon 41943040\nfile 62914560\ninactive_file 20971520\nfile_mapped 1048576\n"
+    )
+    (tmp_path / "memory.events").write_text("low 0\nhigh 0\nmax 7\noom 2\noom_kill 2\n")
+    (tmp_path / "cpu.stat").write_text(
+        "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n"
+        "nr_periods 40\nnr_throttled 30\nthrottled_usec 900000\n"
+    )
+    usage = CgroupV2("x", Limits(128 * MiB, 500), tmp_path).usage()
+    assert usage.memory_usage_bytes == 100 * MiB
+    assert usage.working_set_bytes == 80 * MiB  # usage minus inactive_file
+    assert (usage.memory_rss_bytes, usage.memory_cache_bytes) == (40 * MiB, 60 * MiB)
+    assert usage.memory_limit_bytes == 128 * MiB and usage.memory_max_usage_bytes == 128 * MiB
+    assert usage.oom_kills == 2
+    assert usage.cpu_usage_seconds == 2.5
+    assert (usage.cpu_periods, usage.cpu_throttled_periods) == (40, 30)
+    assert usage.cpu_throttled_seconds == 0.9
+    command = CgroupV2("x", Limits(), tmp_path).wrap(["python", "-V"])
+    assert command[:2] == ["/bin/sh", "-c"] and command[-2:] == ["python", "-V"]
+    assert str(tmp_path / "cgroup.procs") in command
+
+
+def test_cgroups_left_by_a_killed_up_are_removed(driver) -> None:
+    """`up` killed with SIGKILL cannot clean up; the next run removes its empty cgroups."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale_driver = type(driver)(
+        driver.version, driver.parents, f"servescope-{int(dead.stdout)}-old"
+    )
+    stale = stale_driver.new("classifier", Limits(64 * MiB))
+    assert all(d.exists() for d in stale.dirs)
+    mine = driver.new("mine", Limits())
+    try:
+        removed = driver.remove_stale()
+        assert set(stale.dirs) <= set(removed)
+        assert not any(d.exists() for d in stale.dirs)
+        assert all(d.exists() for d in mine.dirs)
+    finally:
+        mine.remove()
+        for d in stale.dirs:
+            if d.exists():
+                d.rmdir()

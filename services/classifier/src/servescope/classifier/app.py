@@ -95,6 +95,10 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
     )
 
     async def load() -> None:
+        # The slow_start fault (SERVESCOPE_FAULTS=slow_start:SECONDS): the model arrives late,
+        # so the model routes answer 503 model_not_ready and /readyz waits, as with a big model.
+        if faults.slow_start_seconds:
+            await asyncio.sleep(faults.slow_start_seconds)
         try:
             model = await asyncio.to_thread(
                 load_model,

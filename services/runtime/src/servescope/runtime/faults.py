@@ -46,11 +46,13 @@ from servescope.runtime.errors import ServiceError, error_response
 from servescope.runtime.health import Health
 from servescope.runtime.responses import JSONResponse
 from servescope.telemetry.faultspec import (
+    CACHE_FILE_PREFIX,
     KINDS,
     SERVICE_KINDS,
     STEP_KINDS,
     FaultSpec,
     FaultSpecError,
+    cache_file_name,
     make,
     usage,
 )
@@ -60,7 +62,6 @@ from servescope.telemetry.pipeline import PIPELINE
 MAX_DELAY_SECONDS = KINDS["delay"].high
 CRASH_EXIT_CODE = 1
 DEFAULT_MAX_BYTES = 1024 * 1024 * 1024  # leak and cache each stop growing here (safety)
-CACHE_FILE_PREFIX = "servescope-fault-cache-"
 _CHUNK = 1024 * 1024
 UNREADY_CONDITION = "fault_unready"
 
@@ -111,6 +112,12 @@ class Faults:
         self._remove_stale_cache_files()
 
     # --- switching -------------------------------------------------------------------
+
+    @property
+    def slow_start_seconds(self) -> float:
+        """The slow_start fault's delay (0 when off), for a service that loads something."""
+        spec = self.active.get(("slow_start", ""))
+        return spec.value if spec is not None else 0.0
 
     @property
     def delays(self) -> dict[str, float]:
@@ -254,7 +261,7 @@ class Faults:
 
     @property
     def cache_path(self) -> Path:
-        return self.cache_dir / f"{CACHE_FILE_PREFIX}{self.service or 'service'}-{os.getpid()}"
+        return self.cache_dir / cache_file_name(self.service or "service", os.getpid())
 
     def _drop_cache(self) -> None:
         if self._cache_fd is not None:

@@ -124,6 +124,18 @@ KINDS: dict[str, Kind] = {
     )
 }
 
+# The cache fault's file: CACHE_FILE_PREFIX + "<service>-<pid>" in /dev/shm (else the temp
+# dir, or SERVESCOPE_FAULT_CACHE_DIR). Its tmpfs pages outlive a killed process and stay
+# charged to its memory cgroup: a restarted service removes its dead predecessors' files at
+# start, and a supervisor that restarts into the same cgroup can remove the dead pid's file
+# first (cache_file_name), or the restart may begin out of memory.
+CACHE_FILE_PREFIX = "servescope-fault-cache-"
+
+
+def cache_file_name(service: str, pid: int) -> str:
+    return f"{CACHE_FILE_PREFIX}{service}-{pid}"
+
+
 STEP_KINDS = tuple(k for k, v in KINDS.items() if v.step != NO_STEP)
 SERVICE_KINDS = tuple(k for k, v in KINDS.items() if v.step == NO_STEP)
 

@@ -347,6 +347,22 @@ class CgroupDriver:
             str(p) for p in dict.fromkeys(self.parents.values())
         )
 
+    def remove_stale(self) -> list[Path]:
+        """Remove the empty cgroups a killed (never cleaned up) local mode left behind: those
+        named for a process that no longer exists. Returns what was removed."""
+        removed = []
+        for parent in dict.fromkeys(self.parents.values()):
+            with contextlib.suppress(OSError):
+                for child in parent.iterdir():
+                    match = re.match(r"servescope-(\d+)-", child.name)
+                    if not match or not child.is_dir() or _alive(int(match[1])):
+                        continue
+                    with contextlib.suppress(OSError):
+                        if not (child / "cgroup.procs").read_text().strip():
+                            child.rmdir()
+                            removed.append(child)
+        return removed
+
     def new(self, name: str, limits: Limits) -> Cgroup:
         """A created cgroup for `name`; OSError when the kernel refuses."""
         leaf = f"{self.prefix}-{name}"
@@ -368,6 +384,16 @@ class CgroupDriver:
                 cgroup.remove()
             raise
         return cgroup
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _v1_dir(root: Path, controller: str, proc_lines: str) -> Path | None:

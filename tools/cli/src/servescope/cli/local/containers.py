@@ -51,6 +51,7 @@ class ContainerRuntime:
                     "running without limits"
                 )
             return
+        driver.remove_stale()
         try:
             for name, process in self.processes.items():
                 cgroup = driver.new(name, self.limits.get(name, Limits()))
