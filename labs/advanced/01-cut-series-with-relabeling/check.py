@@ -107,8 +107,10 @@ def _value(ctx: CheckContext, expr: str, at: float | None = None) -> float:
     return sum(s.value for s in samples)
 
 
-def _exposed_names(ctx: CheckContext, at: float) -> set[str]:
-    samples = ctx.query(f"count by (__name__) ({{{JOBS}}})", at=at)
+def _exposed_names(ctx: CheckContext, at: float | None = None) -> set[str]:
+    """Metric names with series from the services: now, or in the minute before `at`."""
+    selector = f"{{{JOBS}}}" if at is None else f"last_over_time({{{JOBS}}}[1m])"
+    samples = ctx.query(f"count by (__name__) ({selector})", at=at)
     return {s.labels.get("__name__", "") for s in samples} - {""}
 
 
@@ -207,7 +209,7 @@ def check(ctx: CheckContext) -> None:
 
     # 2. Every metric the project reads still has series.
     exposed_before = _exposed_names(ctx, baseline_at)
-    exposed_now = _exposed_names(ctx, time.time())
+    exposed_now = _exposed_names(ctx)
     users: dict[str, list[str]] = {}
     selectors: dict[str, tuple[promql.Selector, list[str]]] = {}
     for who, expr in readers(ctx.root):
@@ -244,7 +246,7 @@ def check(ctx: CheckContext) -> None:
         if selector.metric in missing:
             continue  # already reported by name
         try:
-            before = _value(ctx, f"count({key})", at=baseline_at)
+            before = _value(ctx, f"count(last_over_time({key}[1m]))", at=baseline_at)
             now = _value(ctx, f"count({key})")
         except QueryError:
             continue
@@ -252,7 +254,9 @@ def check(ctx: CheckContext) -> None:
             broken.append((key, who, "matches no series any more"))
             continue
         if selector.metric and selector.metric.endswith("_bucket") and before > 0:
-            les_before = _value(ctx, f"count(count by (le) ({key}))", at=baseline_at)
+            les_before = _value(
+                ctx, f"count(count by (le) (last_over_time({key}[1m])))", at=baseline_at
+            )
             les_now = _value(ctx, f"count(count by (le) ({key}))")
             if les_now < les_before:
                 broken.append(
@@ -270,15 +274,18 @@ def check(ctx: CheckContext) -> None:
         ctx.ok(f"every selector of the rules and dashboards that answered before still does "
                f"({len(selectors)} selectors)")  # fmt: skip
 
-    # 4. No collisions; every target up.
-    after_collisions = {name: _value(ctx, f"sum({name})") for name in COLLISIONS}
-    moved = [n for n in COLLISIONS if after_collisions[n] > before_collisions[n]]
+    # 4. No collisions: each sample kept is its own series in the head (a labeldrop that
+    # leaves two series with the same labels makes two samples of one series per scrape).
+    in_head = _value(ctx, f"count({{{JOBS}, __name__!~\"scrape_.*|up|.*:.*\"}})")
+    kept = _value(ctx, f"sum(scrape_samples_post_metric_relabeling{{{JOBS}}})")
+    moved = [n for n in COLLISIONS if _value(ctx, f"sum({n})") > before_collisions[n]]
     ctx.require(
-        not moved,
+        in_head >= kept and not moved,
         "no series collide after your rules",
-        f"{moved[0] if moved else ''} went up: two series ended with the same labels in one scrape, and "
-        "Prometheus keeps only one of them. A labeldrop must only drop a label whose values "
-        "never tell two series apart",
+        f"each scrape keeps {kept:.0f} samples but they make only {in_head:.0f} series: after "
+        "your rules some series have the same labels, and Prometheus keeps one value of "
+        "several (the p95 and the error ratio become wrong without any error). A labeldrop "
+        "must only drop a label whose values never tell two series apart",
     )
     down = ctx.query(f"up{{{JOBS}}} == 0")
     ctx.require(
