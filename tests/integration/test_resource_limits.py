@@ -123,6 +123,7 @@ def limited(start_stack, limits: dict[str, Limits], env: dict[str, dict[str, str
     runtime = ContainerRuntime(stack.services, limits=limits, backoff_base=0.2, say=said.append)
     runtime.prepare()
     assert runtime.driver is not None, runtime.notice
+    assert runtime.scratch["classifier"].parent == Path("/dev/shm")
     try:
         stack.start(timeout=60)
         runtime.start(exporter_port=0)
@@ -131,9 +132,12 @@ def limited(start_stack, limits: dict[str, Limits], env: dict[str, dict[str, str
     finally:
         runtime.stop_supervising()
         stack.stop(timeout=10)
+        made = [d for c in runtime.cgroups.values() for d in c.dirs]
+        scratch = list(runtime.scratch.values())  # the cache fault's tmpfs, per process
         runtime.close()
-        leftovers = [d for c in runtime.cgroups.values() for d in c.dirs if d.exists()]
-        assert not leftovers
+        # Cgroups and tmpfs files go with the run, even after a kill (tmpfs pages would
+        # otherwise stay in memory until reboot).
+        assert not [d for d in made + scratch if d.exists()]
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 LAB = "advanced/01-cut-series-with-relabeling"
 SERVICES = ("preprocess", "classifier", "postprocess")
 JOBS = 'job=~"preprocess|classifier|postprocess"'
+# Series the services expose, not those Prometheus makes (rules, alerts, scrape health).
+SCRAPED = JOBS + ', __name__!~"ALERTS.*|up|scrape_.*|.*:.*"'
 TARGET = 0.40
 MARK = "servescope-lab-relabel"  # a key in the merged config: the learner's rules are loaded
 SETTLE_SECONDS = 4.0  # scrapes every second: the new rules act on 3-4 scrapes
@@ -109,7 +111,7 @@ def _value(ctx: CheckContext, expr: str, at: float | None = None) -> float:
 
 def _exposed_names(ctx: CheckContext, at: float | None = None) -> set[str]:
     """Metric names with series from the services: now, or in the minute before `at`."""
-    selector = f"{{{JOBS}}}" if at is None else f"last_over_time({{{JOBS}}}[1m])"
+    selector = f"{{{SCRAPED}}}" if at is None else f"last_over_time({{{SCRAPED}}}[1m])"
     samples = ctx.query(f"count by (__name__) ({selector})", at=at)
     return {s.labels.get("__name__", "") for s in samples} - {""}
 
@@ -191,7 +193,7 @@ def check(ctx: CheckContext) -> None:
     # 1. Fewer series.
     scraped = _value(ctx, f"sum(scrape_samples_scraped{{{JOBS}}})")
     kept = _value(ctx, f"sum(scrape_samples_post_metric_relabeling{{{JOBS}}})")
-    in_head = _value(ctx, f"count({{{JOBS}, __name__!~\"scrape_.*|up|.*:.*\"}})")
+    in_head = _value(ctx, f"count({{{SCRAPED}}})")
     if not ctx.require(scraped > 0, "the services are scraped", "is the lab running? "
                        f"`servescope lab start {LAB}`"):  # fmt: skip
         return
@@ -266,9 +268,13 @@ def check(ctx: CheckContext) -> None:
     for key, who, what in broken[:6]:
         ctx.fail(
             f"{key} still answers",
-            f"it {what}; read by {sorted(set(who))[0]}. A rule that drops or rewrites a "
-            "label a query filters on (http_route, http_response_status_code, le, job) "
-            "breaks it",
+            f"it {what}; read by {sorted(set(who))[0]}"
+            + (
+                ". A rule that drops or rewrites a label a query filters on (http_route, "
+                "http_response_status_code, le, job) breaks it"
+                if "no series" in what
+                else ". Drop whole histograms nobody reads, never some buckets of one that is read"
+            ),
         )
     if not broken:
         ctx.ok(f"every selector of the rules and dashboards that answered before still does "
@@ -276,7 +282,7 @@ def check(ctx: CheckContext) -> None:
 
     # 4. No collisions: each sample kept is its own series in the head (a labeldrop that
     # leaves two series with the same labels makes two samples of one series per scrape).
-    in_head = _value(ctx, f"count({{{JOBS}, __name__!~\"scrape_.*|up|.*:.*\"}})")
+    in_head = _value(ctx, f"count({{{SCRAPED}}})")
     kept = _value(ctx, f"sum(scrape_samples_post_metric_relabeling{{{JOBS}}})")
     moved = [n for n in COLLISIONS if _value(ctx, f"sum({n})") > before_collisions[n]]
     ctx.require(

@@ -19,7 +19,11 @@ work/}, KEY=VALUE lines layered over env when the stack starts), allow_unready (
 whose broken state is being unready: start waits for their liveness only), traffic ({rate,
 mix, probes, warmup, pulses: [{service, step, delay, every, for}]}), repo_files (repository
 paths or globs the lab edits: backed up by start, restored exactly by reset), tools
-(binaries the checker needs, e.g. promtool, luajit).
+(binaries the checker needs, e.g. promtool, luajit), limits ({service: "memory:256Mi,cpu:500m"},
+resource limits as `servescope up --limit` sets them: each service in a memory and CPU cgroup,
+with cAdvisor and kube-state-metrics series for the lab's Prometheus, jobs `kubelet` and
+`kube-state-metrics`) and limits_file (a SERVICE=memory:...,cpu:... file in work/ layered over
+limits at start and restart, for labs where the learner fixes a limit).
 """
 
 from __future__ import annotations
@@ -96,6 +100,13 @@ class Lab:
     repo_files: tuple[str, ...] = ()
     tools: tuple[str, ...] = ()
     timed: bool = False  # a drill: the time from `start` to the first pass is recorded
+    limits: dict[str, str] = field(default_factory=dict)  # service -> "memory:Q,cpu:Q"
+    limits_file: str | None = None  # SERVICE=memory:Q,cpu:Q lines in work/, over `limits`
+
+    @property
+    def has_limits(self) -> bool:
+        """Whether the lab runs its services in cgroups, with the cAdvisor exporter."""
+        return bool(self.limits or self.limits_file)
 
     def __getitem__(self, key: str) -> Any:
         return self.raw[key]
@@ -265,6 +276,10 @@ def load_lab(path: Path) -> Lab:
     allow_unready = _strings(raw.get("allow_unready"), f"{source}: allow_unready")
     if set(allow_unready) - set(SERVICE_NAMES):
         raise LabFormatError(f"{source}: allow_unready: unknown services")
+    limits = _limits(raw.get("limits"), f"{source}: limits")
+    limits_file = raw.get("limits_file")
+    if limits_file is not None and not isinstance(limits_file, str):
+        raise LabFormatError(f"{source}: limits_file: expected a file name in work/")
     lab = Lab(
         id=expected_id,
         stage=stage,
@@ -286,12 +301,30 @@ def load_lab(path: Path) -> Lab:
         repo_files=_strings(raw.get("repo_files"), f"{source}: repo_files"),
         tools=_strings(raw.get("tools"), f"{source}: tools"),
         timed=_timed(raw.get("timed", False), f"{source}: timed"),
+        limits=limits,
+        limits_file=limits_file,
     )
     if not lab.checker.is_file():
         raise LabFormatError(f"{path}: check.py is missing")
-    if (lab.traffic or lab.faults or lab.env_files) and not lab.needs_services:
-        raise LabFormatError(f"{source}: traffic, faults and env_files need `services`")
+    if (lab.traffic or lab.faults or lab.env_files or lab.has_limits) and not lab.needs_services:
+        raise LabFormatError(f"{source}: traffic, faults, env_files and limits need `services`")
     return lab
+
+
+def _limits(value: Any, where: str) -> dict[str, str]:
+    """{service: "memory:256Mi,cpu:500m"}, each checked with `up --limit`'s grammar."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or set(value) - set(SERVICE_NAMES):
+        raise LabFormatError(f"{where}: expected {{service: \"memory:256Mi,cpu:500m\"}}")
+    from servescope.cli.local.cgroups import parse_limits
+
+    for service, spec in value.items():
+        try:
+            parse_limits(str(spec))
+        except ValueError as exc:
+            raise LabFormatError(f"{where}.{service}: {exc}") from None
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _timed(value: Any, where: str) -> bool:

@@ -50,6 +50,7 @@ from servescope.cli.paths import heldout_dir
 from servescope.telemetry.pipeline import PIPELINE
 
 DEFAULT_PROMETHEUS_PORT = 9090
+DEFAULT_EXPORTER_PORT = 9096  # as `servescope up` (servescope.cli.local.session)
 PORT_BASE_ENV = "SERVESCOPE_LAB_PORT_BASE"
 SCRAPE_INTERVAL = "1s"  # labs want an answer within seconds of a change
 # Probe, scrape and admin routes: not traffic (declared with the pipeline's facts).
@@ -64,6 +65,8 @@ class Ports:
     prometheus: int
     alertmanager: int
     responder: int
+    # The cAdvisor/kube-state-metrics exporter of a lab with `limits` (the next port up).
+    exporter: int = DEFAULT_EXPORTER_PORT
 
     @classmethod
     def default(cls) -> Ports:
@@ -74,14 +77,16 @@ class Ports:
             prometheus=DEFAULT_PROMETHEUS_PORT,
             alertmanager=DEFAULT_ALERTMANAGER_PORT,
             responder=DEFAULT_RESPONDER_PORT,
+            exporter=DEFAULT_EXPORTER_PORT,
         )
 
     @classmethod
     def from_base(cls, base: int) -> Ports:
-        """Six consecutive ports: the three services, Prometheus, Alertmanager, responder."""
+        """Six consecutive ports: the three services, Prometheus, Alertmanager, responder
+        (and a seventh, the exporter, for a lab with `limits`)."""
         if not 1024 <= base <= 65535 - 6:
             raise LabError(f"--port-base {base}: choose a base between 1024 and 65529")
-        return cls(base, base + 1, base + 2, base + 3, base + 4, base + 5)
+        return cls(base, base + 1, base + 2, base + 3, base + 4, base + 5, base + 6)
 
     @classmethod
     def choose(cls, base: int | None = None) -> Ports:
@@ -281,6 +286,7 @@ class LabStack:
     ports: Ports
     _stack: LocalStack = field(init=False, repr=False)
     _prometheus: PrometheusProcess | None = field(default=None, init=False, repr=False)
+    notes: list[str] = field(default_factory=list, init=False, repr=False)  # for `start` to print
 
     @property
     def run_dir(self) -> Path:
@@ -303,6 +309,8 @@ class LabStack:
         if "alertmanager" in self.lab.needs:
             urls["alertmanager"] = f"http://127.0.0.1:{self.ports.alertmanager}"
             urls["responder"] = f"http://127.0.0.1:{self.ports.responder}"
+        if self.lab.has_limits:
+            urls["kubelet"] = f"http://127.0.0.1:{self.ports.exporter}"
         return urls
 
     def new_record(self) -> dict[str, Any]:
@@ -375,9 +383,70 @@ class LabStack:
                     raise LabError(str(exc)) from exc
         return env
 
+    def limits(self) -> dict[str, str]:
+        """lab.yaml's limits with the workspace's limits_file over them."""
+        limits = dict(self.lab.limits)
+        if self.lab.limits_file:
+            path = self.lab.workspace / self.lab.limits_file
+            try:
+                found = read_env_file(path)
+            except OSError as exc:
+                raise LabError(f"cannot read {path} ({exc})") from exc
+            except ValueError as exc:
+                raise LabError(str(exc)) from exc
+            from servescope.cli.local.cgroups import parse_limits
+
+            for service, spec in found.items():
+                if service not in SERVICES:
+                    raise LabError(f"{path}: no service {service!r} ({', '.join(SERVICES)})")
+                try:
+                    parse_limits(spec)
+                except ValueError as exc:
+                    raise LabError(f"{path}: {service}: {exc}") from None
+                limits[service] = spec
+        return limits
+
+    def launch_kubelet(self, record: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
+        """The cgroups and the exporter of a lab with limits (servescope.cli.labs.kubelet),
+        started before the services, which launch inside its cgroups. Returns its state."""
+        self.check_ports(["exporter"])
+        limits = self.limits()
+        state_path = self.store.labs_dir / "kubelet.json"
+        state_path.unlink(missing_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "servescope.cli.labs.kubelet",
+            f"--port={self.ports.exporter}",
+            f"--state={state_path}",
+            *[f"--service={name}" for name in SERVICES],
+            *[f"--limit={name}={spec}" for name, spec in limits.items()],
+        ]
+        log_path = self.run_dir / "kubelet.log"
+        env = {**os.environ, "PYTHONPATH": python_path(self.root)}
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                command,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not state_path.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"the lab's cgroups and exporter did not start; see {log_path}")
+            time.sleep(0.05)
+        self._add(record, "kubelet", process.pid, log_path)
+        state: dict[str, Any] = json.loads(state_path.read_text())
+        state["limits"] = limits
+        return state
+
     def launch_services(self, record: dict[str, Any]) -> None:
         """Launch the three services (without waiting: see wait_services)."""
         self.check_ports(list(SERVICES))
+        kubelet = self.launch_kubelet(record) if self.lab.has_limits else None
         # Fresh logs and traces each start, so what a learner reads is this run's story.
         for old in [*self.run_dir.glob("*.log"), *self.trace_dir.glob("*.jsonl")]:
             if old.stem in (*SERVICES, "loadgen") or old.parent == self.trace_dir:
@@ -385,6 +454,20 @@ class LabStack:
         self._stack = LocalStack(
             ports=self.ports.services, run_dir=self.run_dir, env=self.service_env()
         )
+        self.notes = []
+        if kubelet is not None:
+            from servescope.cli.labs.kubelet import from_description
+            from servescope.cli.local.cgroups import Limits, parse_limits
+
+            if kubelet.get("error"):
+                self.notes.append(f"{kubelet['error']}; running without limits")
+            for name, where in kubelet.get("cgroups", {}).items():
+                spec = kubelet["limits"].get(name)
+                limits = parse_limits(spec) if spec else Limits()
+                self._stack.services[name].cgroup = from_description(name, limits, where)
+            limited = [f"{n} {parse_limits(s).describe()}" for n, s in kubelet["limits"].items()]
+            if limited and not kubelet.get("error"):
+                self.notes.append("limits: " + "; ".join(limited))
         for name in SERVICES:
             service = self._stack.services[name]
             try:
@@ -416,7 +499,7 @@ class LabStack:
                         f"{name} not alive after {timeout:.0f} s; see {service.log_path}"
                     )
                 time.sleep(0.05)
-        notes = []
+        notes = list(self.notes)
         for name in SERVICES:
             service = stack.services[name]
             lenient = name in self.lab.allow_unready
@@ -477,6 +560,7 @@ class LabStack:
             self.ports.prometheus,
             scrape_interval=SCRAPE_INTERVAL,
             alertmanager_port=alerting_port,
+            exporter_port=self.ports.exporter if self.lab.has_limits else None,
         )
         if alerting_port is None:
             config.pop("alerting", None)

@@ -15,6 +15,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +42,26 @@ class ContainerRuntime:
     supervisor: Supervisor | None = None
     exporter: Exporter | None = None
     notice: str | None = None  # the one line saying limits are off, and why
+    scratch: dict[str, Path] = field(default_factory=dict)  # per-process tmpfs directories
+
+    def _make_scratch(self) -> None:
+        """A tmpfs directory per process for the `cache` fault (SERVESCOPE_FAULT_CACHE_DIR),
+        removed with it, like a pod's `emptyDir: {medium: Memory}`: tmpfs pages outlive a
+        killed process and stay charged to memory until their file is deleted."""
+        shm = Path("/dev/shm")  # noqa: S108 - tmpfs on purpose
+        if not (shm.is_dir() and os.access(shm, os.W_OK | os.X_OK)):
+            return
+        for name, process in self.processes.items():
+            if process.env is None or "SERVESCOPE_FAULT_CACHE_DIR" in process.env:
+                continue
+            path = Path(tempfile.mkdtemp(prefix=f"servescope-{os.getpid()}-{name}-", dir=shm))
+            self.scratch[name] = path
+            process.env["SERVESCOPE_FAULT_CACHE_DIR"] = str(path)
 
     def prepare(self) -> None:
         """A cgroup per process where the kernel allows; else `notice` says why (if limits
         were asked for) and every process runs unlimited."""
+        self._make_scratch()
         driver, how = detect(self.cgroup_root)
         if driver is None:
             if self.limits:
@@ -102,6 +121,9 @@ class ContainerRuntime:
             with contextlib.suppress(Exception):
                 self.exporter.stop()
         self._remove_cgroups()
+        for path in self.scratch.values():
+            shutil.rmtree(path, ignore_errors=True)
+        self.scratch = {}
 
     def _remove_cgroups(self) -> None:
         for name, cgroup in list(self.cgroups.items()):
