@@ -81,9 +81,11 @@ def readers(root: Path) -> list[tuple[str, str]]:
                 if target.get("datasource", {}).get("type") == "loki" or not target.get("expr"):
                     continue
                 found.append(
-                    (f"dashboard {Path(path).stem}, panel {panel.get('title')!r}",
-                     substitute(target["expr"])),
-                )  # fmt: skip
+                    (
+                        f"dashboard {Path(path).stem}, panel {panel.get('title')!r}",
+                        substitute(target["expr"]),
+                    ),
+                )
     return found
 
 
@@ -159,8 +161,10 @@ def check(ctx: CheckContext) -> None:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        ctx.fail("work/relabel.yml is valid YAML", f"{exc}. `servescope lab reset {LAB}` gives "
-                 "you the starter back")  # fmt: skip
+        ctx.fail(
+            "work/relabel.yml is valid YAML",
+            f"{exc}. `servescope lab reset {LAB}` gives you the starter back",
+        )
         return
     rules = data.get("metric_relabel_configs") if isinstance(data, dict) else None
     if not ctx.require(
@@ -194,8 +198,9 @@ def check(ctx: CheckContext) -> None:
     scraped = _value(ctx, f"sum(scrape_samples_scraped{{{JOBS}}})")
     kept = _value(ctx, f"sum(scrape_samples_post_metric_relabeling{{{JOBS}}})")
     in_head = _value(ctx, f"count({{{SCRAPED}}})")
-    if not ctx.require(scraped > 0, "the services are scraped", "is the lab running? "
-                       f"`servescope lab start {LAB}`"):  # fmt: skip
+    if not ctx.require(
+        scraped > 0, "the services are scraped", f"is the lab running? `servescope lab start {LAB}`"
+    ):
         return
     cut = 1 - kept / scraped
     ctx.require(
@@ -239,8 +244,10 @@ def check(ctx: CheckContext) -> None:
                 )
             ctx.fail(f"{name} still has series", hint)
     else:
-        ctx.ok(f"every metric the rules, dashboards and responder read still has series "
-               f"({len(users)} names)")  # fmt: skip
+        ctx.ok(
+            f"every metric the rules, dashboards and responder read still has series "
+            f"({len(users)} names)"
+        )
 
     # 3. Every selector that answered before still answers, with every bucket.
     broken = []
@@ -262,8 +269,12 @@ def check(ctx: CheckContext) -> None:
             les_now = _value(ctx, f"count(count by (le) ({key}))")
             if les_now < les_before:
                 broken.append(
-                    (key, who, f"has {les_now:.0f} of its {les_before:.0f} buckets (le values): "
-                     "a quantile from the rest is wrong")  # fmt: skip
+                    (
+                        key,
+                        who,
+                        f"has {les_now:.0f} of its {les_before:.0f} buckets (le values): "
+                        "a quantile from the rest is wrong",
+                    )
                 )
     for key, who, what in broken[:6]:
         ctx.fail(
@@ -277,8 +288,10 @@ def check(ctx: CheckContext) -> None:
             ),
         )
     if not broken:
-        ctx.ok(f"every selector of the rules and dashboards that answered before still does "
-               f"({len(selectors)} selectors)")  # fmt: skip
+        ctx.ok(
+            f"every selector of the rules and dashboards that answered before still does "
+            f"({len(selectors)} selectors)"
+        )
 
     # 4. No collisions: each sample kept is its own series in the head (a labeldrop that
     # leaves two series with the same labels makes two samples of one series per scrape).
@@ -300,4 +313,3 @@ def check(ctx: CheckContext) -> None:
         f"{', '.join(s.labels.get('job', '?') for s in down)} is down: see Status > Targets "
         "at http://127.0.0.1:9090",
     )
-

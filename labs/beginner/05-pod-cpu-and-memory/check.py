@@ -109,7 +109,8 @@ def _grade_answer(ctx: CheckContext) -> None:
         why = "that looks like bytes or KiB: divide the bytes by 1048576 for MiB"
     ctx.fail(
         f"the working set is right: yours is {given:g} MiB, the classifier's is {live:.0f} MiB now",
-        why or "read container_memory_working_set_bytes{container=\"classifier\"} at "
+        why
+        or 'read container_memory_working_set_bytes{container="classifier"} at '
         "http://127.0.0.1:9090 and divide by 1048576",
     )
 
@@ -131,7 +132,7 @@ def _grade_fix(ctx: CheckContext) -> None:
         wanted is None or wanted > START_MILLICORES,
         "work/limits.env gives the classifier more CPU",
         f"the classifier's cpu limit in work/limits.env is still {wanted}m: how much CPU does "
-        "it use? rate(container_cpu_usage_seconds_total{container=\"classifier\"}[1m]) is in "
+        'it use? rate(container_cpu_usage_seconds_total{container="classifier"}[1m]) is in '
         "CPUs (0.1 = 100m); leave room for bursts",
     ):
         return
@@ -141,7 +142,9 @@ def _grade_fix(ctx: CheckContext) -> None:
     ctx.require(
         in_effect == wanted,
         "the classifier runs with the limit in work/limits.env",
-        f"the limit in effect is {in_effect}m" if in_effect else "no CPU limit in effect"
+        f"the limit in effect is {in_effect}m"
+        if in_effect
+        else "no CPU limit in effect"
         f": a limit applies when the container starts: `servescope lab restart {LAB}`",
     )
     fault = _one(ctx, 'servescope_fault_value{job="classifier", kind="cpu"}')
@@ -161,7 +164,9 @@ def _grade_fix(ctx: CheckContext) -> None:
     ):
         return
     selector = '{job="kubelet", container="classifier"}'
-    throttled = _one(ctx, f"increase(container_cpu_cfs_throttled_periods_total{selector}[{window}s])")
+    throttled = _one(
+        ctx, f"increase(container_cpu_cfs_throttled_periods_total{selector}[{window}s])"
+    )
     periods = _one(ctx, f"increase(container_cpu_cfs_periods_total{selector}[{window}s])")
     if wanted is None and throttled is None:
         ctx.ok("throttling stopped (no CPU limit, no CFS quota)")
@@ -185,7 +190,9 @@ def check(ctx: CheckContext) -> None:
         "could not be made (this lab needs writable memory and cpu cgroups)",
     ):
         return
-    has_cgroup = ctx.query('container_memory_working_set_bytes{job="kubelet", container="classifier"}')
+    has_cgroup = ctx.query(
+        'container_memory_working_set_bytes{job="kubelet", container="classifier"}'
+    )
     if not ctx.require(
         has_cgroup,
         "the classifier runs in a cgroup of its own",

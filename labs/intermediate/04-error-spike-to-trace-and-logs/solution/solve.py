@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from servescope.cli.traces import load_spans
@@ -29,7 +30,11 @@ def _answer(ctx: CheckContext) -> str | None:
     # 1. A failing request at the edge: every one of them is logged there.
     edge = _failed_lines(ctx.log_dir / "preprocess.log")
     traces = load_spans(ctx.trace_dir)
+    settled = time.time() - 2  # every service has written its spans of older requests
     for entry in reversed(edge):
+        when = datetime.fromisoformat(entry.get("timestamp", "").replace("Z", "+00:00"))
+        if when.timestamp() > settled:
+            continue
         trace_id = entry["trace_id"]
         spans = traces.get(trace_id, [])
         in_error = [s for s in spans if s.status == "ERROR"]
@@ -40,6 +45,8 @@ def _answer(ctx: CheckContext) -> str | None:
         parents = {s.parent_span_id for s in in_error if s.parent_span_id in ids}
         deepest = [s for s in in_error if s.span_id not in parents]
         origin = max(deepest, key=lambda s: s.start_ns)
+        if "CLIENT" in origin.kind.upper():
+            continue  # a call in error whose callee's spans are not on disk yet
         # 3. That service's own log line says the kind.
         own = [
             e

@@ -316,7 +316,7 @@ def _limits(value: Any, where: str) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict) or set(value) - set(SERVICE_NAMES):
-        raise LabFormatError(f"{where}: expected {{service: \"memory:256Mi,cpu:500m\"}}")
+        raise LabFormatError(f'{where}: expected {{service: "memory:256Mi,cpu:500m"}}')
     from servescope.cli.local.cgroups import parse_limits
 
     for service, spec in value.items():

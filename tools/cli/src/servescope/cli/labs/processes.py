@@ -207,6 +207,17 @@ def stop_processes(
     return stopped
 
 
+def _scratch_dir(tag: int) -> Path | None:
+    """A fresh directory on the shared-memory tmpfs for a lab's `cache` fault (None where
+    there is no writable /dev/shm: the runtime then uses the temp dir)."""
+    import tempfile
+
+    shm = Path("/dev/shm")  # noqa: S108 - tmpfs on purpose
+    if not (shm.is_dir() and os.access(shm, os.W_OK | os.X_OK)):
+        return None
+    return Path(tempfile.mkdtemp(prefix=f"servescope-lab-{tag}-", dir=shm))
+
+
 # --- HTTP ---------------------------------------------------------------------------------
 
 
@@ -408,11 +419,31 @@ class LabStack:
 
     def launch_kubelet(self, record: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
         """The cgroups and the exporter of a lab with limits (servescope.cli.labs.kubelet),
-        started before the services, which launch inside its cgroups. Returns its state."""
+        started before the services, which launch inside its cgroups. Returns its state.
+
+        It restarts a service the OOM killer ended: it gets each service's command,
+        environment and log (kubelet-services.json, private) and a tmpfs directory for the
+        `cache` fault (SERVESCOPE_FAULT_CACHE_DIR), which it removes when it stops."""
         self.check_ports(["exporter"])
         limits = self.limits()
         state_path = self.store.labs_dir / "kubelet.json"
         state_path.unlink(missing_ok=True)
+        scratch = _scratch_dir(self.ports.exporter)
+        services: dict[str, Any] = {}
+        for name, service in self._stack.services.items():
+            if scratch is not None and service.env is not None:
+                service.env["SERVESCOPE_FAULT_CACHE_DIR"] = str(scratch)
+            services[name] = {
+                "command": service.command(),
+                "env": service.env,
+                "log": str(service.log_path),
+                "port": service.port,
+            }
+        services_path = self.store.labs_dir / "kubelet-services.json"
+        services_path.parent.mkdir(parents=True, exist_ok=True)
+        services_path.touch(mode=0o600)
+        services_path.chmod(0o600)  # the admin token is in the environment
+        services_path.write_text(json.dumps(services))
         command = [
             sys.executable,
             "-m",
@@ -421,6 +452,8 @@ class LabStack:
             f"--state={state_path}",
             *[f"--service={name}" for name in SERVICES],
             *[f"--limit={name}={spec}" for name, spec in limits.items()],
+            f"--services={services_path}",
+            *([f"--scratch={scratch}"] if scratch is not None else []),
         ]
         log_path = self.run_dir / "kubelet.log"
         env = {**os.environ, "PYTHONPATH": python_path(self.root)}
@@ -436,6 +469,8 @@ class LabStack:
         deadline = time.monotonic() + timeout
         while not state_path.exists():
             if process.poll() is not None or time.monotonic() > deadline:
+                if scratch is not None and process.poll() is not None:
+                    shutil.rmtree(scratch, ignore_errors=True)
                 raise LabError(f"the lab's cgroups and exporter did not start; see {log_path}")
             time.sleep(0.05)
         self._add(record, "kubelet", process.pid, log_path)
@@ -446,7 +481,6 @@ class LabStack:
     def launch_services(self, record: dict[str, Any]) -> None:
         """Launch the three services (without waiting: see wait_services)."""
         self.check_ports(list(SERVICES))
-        kubelet = self.launch_kubelet(record) if self.lab.has_limits else None
         # Fresh logs and traces each start, so what a learner reads is this run's story.
         for old in [*self.run_dir.glob("*.log"), *self.trace_dir.glob("*.jsonl")]:
             if old.stem in (*SERVICES, "loadgen") or old.parent == self.trace_dir:
@@ -454,6 +488,7 @@ class LabStack:
         self._stack = LocalStack(
             ports=self.ports.services, run_dir=self.run_dir, env=self.service_env()
         )
+        kubelet = self.launch_kubelet(record) if self.lab.has_limits else None
         self.notes = []
         if kubelet is not None:
             from servescope.cli.labs.kubelet import from_description

@@ -46,12 +46,12 @@ PROVISIONED_PROMETHEUS = "http://127.0.0.1:9090"
 PROVISIONED_JAEGER = "http://127.0.0.1:16686"
 
 GRAFANA_HINT = (
-    "Grafana (https://grafana.com/grafana/download) and put `grafana` on PATH; "
-    "meanwhile `servescope dashboards render` draws the dashboards from Prometheus"
+    "Grafana from https://grafana.com/grafana/download (meanwhile `servescope dashboards "
+    "render` draws the dashboards from Prometheus)"
 )
 JAEGER_HINT = (
-    "Jaeger all-in-one (https://www.jaegertracing.io/download/) and put `jaeger` on PATH; "
-    "meanwhile `servescope trace --slowest 3` shows the waterfalls from .run/traces/"
+    "Jaeger all-in-one from https://www.jaegertracing.io/download/ (meanwhile "
+    "`servescope trace --slowest 3` shows the waterfalls from the run's traces/)"
 )
 
 
@@ -70,7 +70,12 @@ def missing_note(grafana: bool, jaeger: bool) -> str | None:
     if not hints:
         return None
     what = " and ".join(n for n, w in (("Grafana", grafana), ("Jaeger", jaeger)) if w)
-    return f"{what} not on PATH, so local mode runs without: install " + "; ".join(hints) + "."
+    verb, them = ("are", "them") if grafana and jaeger else ("is", "it")
+    return (
+        f"{what} {verb} not on PATH, so local mode runs without {them}; get "
+        + " and ".join(hints)
+        + f", and `servescope up` starts {them} next time."
+    )
 
 
 class JaegerProcess(ManagedProcess):
