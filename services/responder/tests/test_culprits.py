@@ -157,6 +157,25 @@ def test_server_errors_name_the_deepest_failing_service_and_its_route() -> None:
     assert "on /v2/models/{name}/infer (500)" in found.summary
 
 
+def test_an_injected_error_fault_names_its_step_and_only_in_its_own_service() -> None:
+    ratio = result("error_ratio", ({"job": "preprocess"}, 0.3), ({"job": "classifier"}, 0.3))
+    outbound = result("outbound_failures", ({"peer_service": "classifier", "outcome": "error"}, 3))
+    faults = result(
+        "faults", ({"job": "classifier", "kind": "error", "step": "infer", "service": "x"}, 0.5)
+    )
+    found = c.errors_culprit(results(ratio, outbound, faults), "preprocess")
+    assert (found.service, found.step) == ("classifier", "infer")
+    assert any("50% of requests fail at step infer" in e for e in found.evidence)
+    # A delay fault, or an error fault in another service, says nothing about these errors.
+    other = result(
+        "faults",
+        ({"job": "classifier", "kind": "delay", "step": "infer"}, 0.5),
+        ({"job": "postprocess", "kind": "error", "step": "softmax_topk"}, 0.5),
+    )
+    found = c.errors_culprit(results(ratio, outbound, other), "preprocess")
+    assert (found.service, found.step) == ("classifier", "error")
+
+
 def test_drift_names_the_signals_and_puts_the_cause_upstream() -> None:
     found = c.model_culprit(
         results(

@@ -52,12 +52,12 @@ def solve(ctx: CheckContext) -> None:
     if not ctx.wait_for(cleared, timeout=60, interval=0.2):
         raise RuntimeError("could not switch the classifier's faults off")
     # 4. Validate: a whole window of clean traffic.
-    time.sleep(1)
-    window = "15s"
+    time.sleep(0.5)
+    window = "10s"
     clean = (
         f"sum(changes(kube_pod_container_status_restarts_total{{{KSM}}}[{window}])) == 0 "
         f'and on() min_over_time(up{{job="classifier"}}[{window}]) == 1 '
-        f'and on() count_over_time(up{{job="classifier"}}[{window}]) >= 12'
+        f'and on() count_over_time(up{{job="classifier"}}[{window}]) >= 8'
     )
     if not ctx.wait_for(lambda: ctx.query(clean), timeout=60, interval=1):
         raise RuntimeError("the classifier did not stay up after the fix")

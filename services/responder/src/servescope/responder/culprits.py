@@ -121,6 +121,30 @@ def _call_stage(service: str) -> str | None:
     return next((stage for stage, svc in STAGE_SERVICE.items() if svc == service), None)
 
 
+def _injected_error(results: Results, service: str) -> tuple[str, float] | None:
+    """The step and share of an `error` fault switched on in `service`, if any: the
+    strongest evidence there is for where its errors come from."""
+    found = [
+        (s.value, s.labels.get("step", ""))
+        for s in (results["faults"].samples if "faults" in results else [])
+        if s.labels.get("kind") == "error" and s.labels.get("job") == service
+    ]
+    if not found:
+        return None
+    share, step = max(found)
+    return step, share
+
+
+def _with_injected_error(culprit: Culprit, results: Results) -> Culprit:
+    injected = _injected_error(results, culprit.service) if culprit.service else None
+    if injected is not None:
+        step, share = injected
+        culprit.step = step or culprit.step
+        culprit.evidence.append(f"fault injection on: {share:.0%} of requests fail at step {step}")
+        culprit.summary += f"; an error fault is switched on at step {step}"
+    return culprit
+
+
 def errors_culprit(results: Results, alert_service: str | None) -> Culprit:
     down = sorted(
         {s.labels.get("job", "") for s in results["up"].samples if s.value == 0}
@@ -154,12 +178,15 @@ def errors_culprit(results: Results, alert_service: str | None) -> Culprit:
         (peer, outcome), _ = max(outbound.items(), key=lambda i: i[1])
         own = ratios.get(peer)
         detail = f"; its own 5xx ratio is {own:.1%}" if own else ""
-        return Culprit(
-            peer,
-            stage=_call_stage(peer),
-            step=outcome,
-            summary=f"{peer}: the edge's calls to it fail ({outcome}){detail}",
-            evidence=evidence,
+        return _with_injected_error(
+            Culprit(
+                peer,
+                stage=_call_stage(peer),
+                step=outcome,
+                summary=f"{peer}: the edge's calls to it fail ({outcome}){detail}",
+                evidence=evidence,
+            ),
+            results,
         )
     if ratios:
         failing = [j for j, v in ratios.items() if v >= 0.01] or list(ratios)
@@ -174,10 +201,13 @@ def errors_culprit(results: Results, alert_service: str | None) -> Culprit:
             if routes
             else ""
         )
-        return Culprit(
-            service,
-            summary=f"{service} answers {ratios[service]:.1%} 5xx{where}",
-            evidence=evidence,
+        return _with_injected_error(
+            Culprit(
+                service,
+                summary=f"{service} answers {ratios[service]:.1%} 5xx{where}",
+                evidence=evidence,
+            ),
+            results,
         )
     return Culprit(alert_service, summary="no server errors in the window", evidence=evidence)
 

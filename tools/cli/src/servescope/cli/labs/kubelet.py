@@ -19,14 +19,15 @@ OOMKilled container (`OomRestarter`): with --services (a JSON file `lab start` w
 service's command, environment and log), a cgroup that empties while its `oom_kill` count
 rose is a container terminated with reason `OOMKilled` (exit code 137). The service starts
 again in the same cgroup after the kubelet's back-off, on a lab's compressed clock (the
-first restart at once, then 2 s, doubling, capped at 40 s; Kubernetes: 10 s and 5 min), with the dead process's `cache`-fault
-file removed first (tmpfs pages stay charged to the cgroup until their file goes). Restarts
-and the last reason are published as kube-state-metrics' `restarts_total` and
-`last_terminated_reason`, and each is one line in the kubelet's log (.run/kubelet.log). Any
-other exit (`lab stop`, the `crash` fault) is not restarted: its exit code is not this
-process's to read, and the lab's own commands stop and restart services. A restarted
-service is this process's child, not in running.json: on SIGTERM it is stopped here, before
-the cgroups and --scratch (the `cache` fault's tmpfs directory, removed) go.
+first restart at once, then 2 s, doubling, capped at 40 s; Kubernetes: 10 s and 5 min),
+with the dead process's `cache`-fault file removed first (tmpfs pages stay charged to the
+cgroup until their file goes). Restarts and the last reason are published as
+kube-state-metrics' `restarts_total` and `last_terminated_reason`, and each is one line in
+the kubelet's log (.run/kubelet.log). Any other exit (`lab stop`, the `crash` fault) is not
+restarted: its exit code is not this process's to read, and the lab's own commands stop and
+restart services. A restarted service is this process's child, not in running.json: on
+SIGTERM it is stopped here, before the cgroups and --scratch (the `cache` fault's tmpfs
+directory, removed) go.
 """
 
 from __future__ import annotations
