@@ -40,6 +40,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -141,9 +142,13 @@ class OomRestarter:
 
     def _remove_cache_files(self, name: str, pids: list[int]) -> None:
         env = self.services[name].get("env") or {}
-        folder = Path(env.get("SERVESCOPE_FAULT_CACHE_DIR") or "/dev/shm")  # noqa: S108
+        folder = env.get("SERVESCOPE_FAULT_CACHE_DIR")
+        if not folder:  # the runtime's default_cache_dir()
+            shm = Path("/dev/shm")  # noqa: S108 - tmpfs on purpose
+            usable = shm.is_dir() and os.access(shm, os.W_OK | os.X_OK)
+            folder = str(shm) if usable else tempfile.gettempdir()
         for pid in pids:
-            (folder / cache_file_name(name, pid)).unlink(missing_ok=True)
+            (Path(folder) / cache_file_name(name, pid)).unlink(missing_ok=True)
 
     def _restart(self, name: str, cgroup: Cgroup) -> None:
         status = self.status[name]
