@@ -15,11 +15,12 @@ Where the kernel gives no writable memory and cpu cgroups, --state says why
 ({"error": ...}) and the services run unlimited; the exporter then has no cAdvisor series.
 
 It also restarts a service the kernel's OOM killer ended, as the kubelet restarts an
-OOMKilled container (`OomRestarter`): with --services (a JSON file `lab start` writes: each
+OOMKilled container (local mode's `Supervisor`, `oom_restarter`): with --services (a JSON file `lab start` writes: each
 service's command, environment and log), a cgroup that empties while its `oom_kill` count
 rose is a container terminated with reason `OOMKilled` (exit code 137). The service starts
-again in the same cgroup after the kubelet's back-off, on a lab's compressed clock (the
-first restart at once, then 2 s, doubling, capped at 40 s; Kubernetes: 10 s and 5 min),
+again in the same cgroup after the kubelet's back-off, on a lab's compressed clock
+(`LAB_BACKOFF`: the first restart at once, then 2 s, doubling, capped at 40 s; Kubernetes
+and local mode: 10 s and 5 min),
 with the dead process's `cache`-fault file removed first (tmpfs pages stay charged to the
 cgroup until their file goes). Restarts and the last reason are published as
 kube-state-metrics' `restarts_total` and `last_terminated_reason`, and each is one line in
@@ -43,21 +44,19 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from servescope.cli.local.cgroups import Cgroup, CgroupV1, CgroupV2, Limits, detect, parse_limits
 from servescope.cli.local.exporter import Container, Exporter
-from servescope.cli.local.process import port_is_free
-from servescope.cli.local.supervisor import ContainerStatus
+from servescope.cli.local.supervisor import BackOff, Supervisor
 from servescope.telemetry.faultspec import cache_file_name
 
-# A lab's kubelet back-off: Kubernetes' doubling from 10 s capped at 5 min (after a first
-# restart at once), compressed so a crash loop shows within a drill's minutes (labs also
+# A lab's kubelet back-off: local mode's (Kubernetes': a first restart at once, then 10 s
+# doubling to 5 min), compressed so a crash loop shows within a drill's minutes (labs also
 # scrape every second).
-BACKOFF_BASE_SECONDS = 2.0
-BACKOFF_MAX_SECONDS = 40.0
+LAB_BACKOFF = BackOff(base=2.0, cap=40.0)
 
 
 def describe(cgroup: Cgroup) -> dict[str, Any]:
@@ -79,113 +78,101 @@ def from_description(name: str, limits: Limits, data: dict[str, Any]) -> Cgroup:
     return CgroupV1(name, limits, Path(data["memory"]), Path(data["cpu"]), Path(data["cpuacct"]))
 
 
-class OomRestarter:
-    """Restarts, after the back-off, each service whose cgroup emptied by an OOM kill."""
+class LabService:
+    """A lab's service as the Supervisor sees a process: started by `lab start` inside its
+    cgroup (not this process's child, so no exit code to read: `process` stands for it) until
+    restarted here. It runs while its cgroup has processes."""
 
-    def __init__(
-        self,
-        cgroups: dict[str, Cgroup],
-        services: dict[str, dict[str, Any]],
-        say: Callable[[str], None] = print,
-    ) -> None:
-        self.cgroups = {n: c for n, c in cgroups.items() if n in services}
-        self.services = services  # name -> {command, env, log, port}
-        self.say = say
-        self.status = {name: ContainerStatus(name) for name in cgroups}
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
-        self._pids: dict[str, list[int]] = {}
-        self._lock = threading.Lock()
-        for name, cgroup in self.cgroups.items():
-            self.status[name].oom_kills_seen = cgroup.usage().oom_kills
+    def __init__(self, name: str, cgroup: Cgroup, spec: dict[str, Any]) -> None:
+        self.name = name
+        self.cgroup = cgroup
+        self.spec = spec  # {command, env, log, port}
+        self.port = int(spec["port"])
+        self.process: subprocess.Popen[bytes] | _Started | None = None
+        self.pids: list[int] = []  # last seen in the cgroup
 
-    def backoff(self, failures: int) -> float:
-        """The wait before restart number `failures` (1-based). As the kubelet's doBackOff
-        does, the first restart is at once (no back-off entry yet), then base, 2 x base..."""
-        if failures <= 1:
-            return 0.0
-        return float(min(BACKOFF_BASE_SECONDS * 2 ** (failures - 2), BACKOFF_MAX_SECONDS))
+    @property
+    def log_path(self) -> Path:
+        return Path(self.spec["log"])
 
-    def check(self) -> None:
-        now = time.monotonic()
-        for name, cgroup in self.cgroups.items():
-            status = self.status[name]
-            child = self.children.get(name)
-            if child is not None:
-                child.poll()  # reap our own: a zombie has left the cgroup anyway
-            if status.restart_at is not None:
-                if now >= status.restart_at:
-                    self._restart(name, cgroup)
-                continue
-            pids = cgroup.pids()
-            if pids:
-                self._pids[name] = pids
-                continue
-            dead = self._pids.pop(name, [])
-            if not dead:
-                continue
-            oom_kills = cgroup.usage().oom_kills
-            if oom_kills <= status.oom_kills_seen:
-                continue  # stopped by the lab, or exited by itself: not restarted here
-            with self._lock:
-                status.oom_kills_seen = oom_kills
-                status.last_reason = "OOMKilled"
-                status.last_exit_code = 137
-                status.last_finished_at = time.time()
-                status.failures += 1
-                wait = self.backoff(status.failures)
-                status.restart_at = now + wait
-            self._remove_cache_files(name, dead)
-            self.say(
-                f"{name} terminated: OOMKilled (exit code 137); restarting in {wait:g} s "
-                f"(restart {status.restarts + 1}, see {self.services[name]['log']})"
+    def running(self) -> bool:
+        if isinstance(self.process, subprocess.Popen):
+            self.process.poll()  # reap our own: a zombie has left the cgroup anyway
+        pids = self.cgroup.pids()
+        if pids:
+            self.pids = pids
+            if self.process is None:
+                self.process = _Started()
+        return bool(pids)
+
+    def launch(self) -> None:
+        """Start again inside the same cgroup, as this process's child."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.cgroup.wrap([str(part) for part in self.spec["command"]]),
+                env=self.spec["env"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
+        self.pids = [self.process.pid]
 
-    def _remove_cache_files(self, name: str, pids: list[int]) -> None:
-        env = self.services[name].get("env") or {}
+    def remove_cache_files(self) -> None:
+        """The dead process's `cache`-fault file: its tmpfs pages stay charged to the cgroup
+        until the file goes."""
+        env = self.spec.get("env") or {}
         folder = env.get("SERVESCOPE_FAULT_CACHE_DIR")
         if not folder:  # the runtime's default_cache_dir()
             shm = Path("/dev/shm")  # noqa: S108 - tmpfs on purpose
             usable = shm.is_dir() and os.access(shm, os.W_OK | os.X_OK)
             folder = str(shm) if usable else tempfile.gettempdir()
-        for pid in pids:
-            (Path(folder) / cache_file_name(name, pid)).unlink(missing_ok=True)
+        for pid in self.pids:
+            (Path(folder) / cache_file_name(self.name, pid)).unlink(missing_ok=True)
 
-    def _restart(self, name: str, cgroup: Cgroup) -> None:
-        status = self.status[name]
-        spec = self.services[name]
-        if not port_is_free(int(spec["port"])):
-            with self._lock:
-                status.restart_at = time.monotonic() + 1.0  # its last requests still closing
-            return
-        with Path(spec["log"]).open("ab") as log:
-            self.children[name] = subprocess.Popen(
-                cgroup.wrap([str(part) for part in spec["command"]]),
-                env=spec["env"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        with self._lock:
-            status.restarts += 1
-            status.restart_at = None
-            status.started_at = time.time()
-        self._pids[name] = [self.children[name].pid]
 
-    def snapshot(self) -> dict[str, ContainerStatus]:
-        with self._lock:
-            return {name: ContainerStatus(**vars(s)) for name, s in self.status.items()}
+def stop_children(services: Iterable[LabService], timeout: float = 5.0) -> None:
+    """Stop, together, the services restarted here (`lab stop` stops the others)."""
+    children = [s.process for s in services if isinstance(s.process, subprocess.Popen)]
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
-    def stop_children(self, timeout: float = 5.0) -> None:
-        for child in self.children.values():
-            if child.poll() is None:
-                child.terminate()
-        deadline = time.monotonic() + timeout
-        for child in self.children.values():
-            try:
-                child.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+
+class _Started:
+    """A service `lab start` launched: its exit code is not this process's to read."""
+
+    returncode = None
+
+
+def oom_restarter(
+    cgroups: dict[str, Cgroup],
+    services: dict[str, dict[str, Any]],
+    say: Callable[[str], None] = print,
+    policy: BackOff = LAB_BACKOFF,
+) -> tuple[Supervisor, dict[str, LabService]]:
+    """local mode's Supervisor over the services of --services that have a cgroup,
+    restarting only those the OOM killer ended."""
+    watched = {
+        name: LabService(name, cgroup, services[name])
+        for name, cgroup in cgroups.items()
+        if name in services
+    }
+    supervisor = Supervisor(
+        watched,
+        say=say,
+        poll=0.2,
+        policy=policy,
+        restart_on=("OOMKilled",),
+        on_end=lambda name: watched[name].remove_cache_files(),
+    )
+    return supervisor, watched
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
@@ -236,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.service
     ]
     services = json.loads(args.services.read_text()) if args.services else {}
-    restarter = OomRestarter(cgroups, services, say=lambda line: print(line, flush=True))
+    restarter, watched = oom_restarter(cgroups, services, say=lambda line: print(line, flush=True))
     exporter = Exporter(containers, restarter.snapshot, args.port)
     try:
         exporter.start()
@@ -253,13 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"kubelet: cgroups {', '.join(cgroups) or 'none'}; exporter on {exporter.url}", flush=True
     )
+    restarter.start()
     try:
         while not stopping.wait(0.2):
-            with contextlib.suppress(Exception):
-                restarter.check()
+            pass
     finally:
+        restarter.stop()
         exporter.stop()
-        restarter.stop_children()
+        stop_children(watched.values())
         for name, cgroup in cgroups.items():
             try:
                 cgroup.remove()

@@ -1,12 +1,15 @@
 """A small kubelet for local mode: restart what dies, with back-off, and say why it died.
 
-The kubelet restarts a failed container after an exponential back-off (10 s, doubling, capped
-at 5 minutes: `initialBackOff`/`MaxContainerBackOff` in pkg/kubelet) and records the last
-termination's reason: `OOMKilled` when the kernel's OOM killer ended it (the runtime reads the
+The kubelet restarts a failed container with an exponential back-off (`BackOff`: the first
+restart at once, as its doBackOff has no entry for the container yet, then 10 s, doubling,
+capped at 5 minutes: `initialBackOff`/`MaxContainerBackOff` in pkg/kubelet, forgotten after
+10 minutes of running) and records the last termination's reason: `OOMKilled` when the kernel's OOM killer ended it (the runtime reads the
 cgroup's OOM events), `Error` with the exit code for any other failure, `Completed` for exit 0.
 kube-state-metrics then publishes `kube_pod_container_status_restarts_total` and
 `kube_pod_container_status_last_terminated_reason{reason}`; `exporter.py` does the same from
-the `ContainerStatus` kept here.
+the `ContainerStatus` kept here. `servescope up` supervises its `ManagedProcess`es with it
+(local/containers.py) and a lab's kubelet the services in its cgroups (labs/kubelet.py), with
+the same `BackOff` on a compressed clock and `restart_on` limited to `OOMKilled`.
 """
 
 from __future__ import annotations
@@ -14,15 +17,54 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
-from servescope.cli.local.process import ManagedProcess
+from servescope.cli.local.process import port_is_free
 
 BACKOFF_BASE_SECONDS = 10.0
 BACKOFF_MAX_SECONDS = 300.0
 # The kubelet forgets a container's back-off once it has run this long without failing.
 BACKOFF_RESET_SECONDS = 600.0
+REASONS = ("OOMKilled", "Error", "Completed")  # restartPolicy Always restarts after each
+
+
+@dataclass(frozen=True)
+class BackOff:
+    """The kubelet's restart back-off: the first restart at once, then base, 2 x base, ...
+    capped; a container that has run `reset_after` seconds starts again from the first."""
+
+    base: float = BACKOFF_BASE_SECONDS
+    cap: float = BACKOFF_MAX_SECONDS
+    reset_after: float = BACKOFF_RESET_SECONDS
+    first_at_once: bool = True
+
+    def wait(self, failures: int) -> float:
+        """The wait before restart number `failures` (1-based)."""
+        if self.first_at_once:
+            if failures <= 1:
+                return 0.0
+            failures -= 1
+        return float(min(self.base * 2 ** max(failures - 1, 0), self.cap))
+
+
+class Supervised(Protocol):
+    """What the supervisor needs of a process (a `ManagedProcess`, or a lab's service)."""
+
+    port: int
+    cgroup: Any  # servescope.cli.local.cgroups.Cgroup, or None
+
+    @property
+    def log_path(self) -> Path: ...
+
+    @property
+    def process(self) -> Any: ...  # the subprocess.Popen started last, or None
+
+    def running(self) -> bool: ...
+
+    def launch(self) -> None: ...
 
 
 @dataclass
@@ -46,21 +88,35 @@ def exit_code_of(returncode: int | None) -> int:
 
 
 class Supervisor:
-    """Watches processes on a thread; restarts each that ends, after kubelet's back-off."""
+    """Watches processes on a thread; restarts each that ends, after kubelet's back-off.
+
+    `policy` is the back-off (`backoff_base`, `backoff_max` and `reset_after` override its
+    fields); `restart_on` the termination reasons restarted: an ending with another reason is
+    neither recorded nor restarted (a lab's kubelet restarts only `OOMKilled`); `on_end`, if
+    given, is called with the name of each process about to be restarted, before the back-off.
+    """
 
     def __init__(
         self,
-        processes: dict[str, ManagedProcess],
-        backoff_base: float = BACKOFF_BASE_SECONDS,
-        backoff_max: float = BACKOFF_MAX_SECONDS,
-        reset_after: float = BACKOFF_RESET_SECONDS,
+        processes: Mapping[str, Supervised],
+        backoff_base: float | None = None,
+        backoff_max: float | None = None,
+        reset_after: float | None = None,
         say: Callable[[str], None] = print,
         poll: float = 0.1,
+        policy: BackOff = BackOff(),
+        restart_on: Collection[str] = REASONS,
+        on_end: Callable[[str], None] | None = None,
     ) -> None:
-        self.processes = processes
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self.reset_after = reset_after
+        self.processes = dict(processes)
+        self.policy = BackOff(
+            policy.base if backoff_base is None else backoff_base,
+            policy.cap if backoff_max is None else backoff_max,
+            policy.reset_after if reset_after is None else reset_after,
+            policy.first_at_once,
+        )
+        self.restart_on = frozenset(restart_on)
+        self.on_end = on_end
         self.say = say
         self.poll = poll
         self.status = {name: ContainerStatus(name) for name in processes}
@@ -69,13 +125,22 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._running_since = {name: time.monotonic() for name in processes}
+        self._ignored: dict[str, Any] = {}  # name -> the ended Popen not restarted
         for name, process in processes.items():
             if process.cgroup is not None:
                 self.status[name].oom_kills_seen = process.cgroup.usage().oom_kills
 
+    @property
+    def backoff_base(self) -> float:
+        return self.policy.base
+
+    @property
+    def reset_after(self) -> float:
+        return self.policy.reset_after
+
     def backoff(self, failures: int) -> float:
-        """The wait before restart number `failures` (1-based): base, 2 x base, ... capped."""
-        return float(min(self.backoff_base * 2 ** max(failures - 1, 0), self.backoff_max))
+        """The wait before restart number `failures` (1-based): see `BackOff.wait`."""
+        return self.policy.wait(failures)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
@@ -87,7 +152,7 @@ class Supervisor:
         if self._thread is not None:
             self._thread.join(10)
 
-    def supervises(self, process: ManagedProcess) -> bool:
+    def supervises(self, process: Supervised) -> bool:
         return any(p is process for p in self.processes.values())
 
     def _run(self) -> None:
@@ -104,24 +169,33 @@ class Supervisor:
                 if now >= status.restart_at and not self._stop.is_set():
                     self._restart(name, process)
                 continue
-            if process.process is None or process.running():
+            if process.running() or process.process is None:  # running, or never started
+                self._ignored.pop(name, None)
                 if now - self._running_since[name] > self.reset_after:
                     status.failures = 0
                 continue
-            self._record(name, process, now)
+            if self._ignored.get(name) is not process.process:
+                self._record(name, process, now)
 
-    def _record(self, name: str, process: ManagedProcess, now: float) -> None:
+    def _record(self, name: str, process: Supervised, now: float) -> None:
         status = self.status[name]
-        code = exit_code_of(process.process.returncode if process.process else None)
+        returncode = process.process.returncode if process.process is not None else None
+        code = exit_code_of(returncode)
         oom_kills = process.cgroup.usage().oom_kills if process.cgroup is not None else 0
         if oom_kills > status.oom_kills_seen:
             reason = "OOMKilled"
+            code = code or 137  # SIGKILL, also when the exit code is not ours to read
         elif code == 0:
             reason = "Completed"
         else:
             reason = "Error"
+        status.oom_kills_seen = oom_kills
+        if reason not in self.restart_on:
+            self._ignored[name] = process.process
+            return
+        if self.on_end is not None:
+            self.on_end(name)
         with self._lock:
-            status.oom_kills_seen = oom_kills
             status.last_reason = reason
             status.last_exit_code = code
             status.last_finished_at = time.time()
@@ -134,8 +208,12 @@ class Supervisor:
             f"(restart {status.restarts + 1}, see {process.log_path})"
         )
 
-    def _restart(self, name: str, process: ManagedProcess) -> None:
+    def _restart(self, name: str, process: Supervised) -> None:
         status = self.status[name]
+        if not port_is_free(process.port):
+            with self._lock:  # its last connections still closing: soon, not a failure
+                status.restart_at = time.monotonic() + 1.0
+            return
         try:
             process.launch()
         except Exception as exc:  # the port still held, say: try again after the back-off
