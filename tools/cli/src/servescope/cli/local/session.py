@@ -162,9 +162,7 @@ class LocalSession:
             old.unlink()
         self.viewers.start_jaeger()  # before the services, which export to it
         try:
-            self.stack = LocalStack(
-                ports=self.ports, run_dir=self.run_dir, env=self.service_env()
-            )
+            self.stack = LocalStack(ports=self.ports, run_dir=self.run_dir, env=self.service_env())
             self.containers = ContainerRuntime(
                 self.stack.services,
                 limits=self.limits,
