@@ -8,7 +8,7 @@ cgroup's OOM events), `Error` with the exit code for any other failure, `Complet
 kube-state-metrics then publishes `kube_pod_container_status_restarts_total` and
 `kube_pod_container_status_last_terminated_reason{reason}`; `exporter.py` does the same from
 the `ContainerStatus` kept here. `servescope up` supervises its `ManagedProcess`es with it
-(local/containers.py) and a lab's kubelet the services in its cgroups (labs/kubelet.py), with
+(`local/containers.py`) and a lab's kubelet the services in its cgroups (`servescope.cli.labs.kubelet`), with
 the same `BackOff` on a compressed clock and `restart_on` limited to `OOMKilled`.
 """
 
