@@ -296,3 +296,19 @@ def test_faults_from_the_environment_and_the_older_pair(tmp_path: Path) -> None:
     assert client.get("/readyz").status_code == 503
     with pytest.raises(FaultSpecError, match="valid specs"):
         app_with(tmp_path, faults="boom:resize")
+
+
+def test_the_crash_counter_is_on_the_request_path_only_where_a_crash_can_be_on(
+    tmp_path: Path,
+) -> None:
+    def layers(**settings: object) -> set[str]:
+        app = FastAPI()
+        config = CommonSettings(fault_cache_dir=tmp_path, **settings)
+        instrument_app(
+            app, ServiceMetrics("preprocess"), Health("p", "t"), config, fault_steps=STEPS
+        )
+        return {m.cls.__name__ for m in app.user_middleware}  # type: ignore[attr-defined]
+
+    assert "CountRequests" not in layers()  # no token, no crash: every request skips it
+    assert "CountRequests" in layers(admin_token=TOKEN)  # switchable at run time
+    assert "CountRequests" in layers(faults="crash:5")  # on from the start
