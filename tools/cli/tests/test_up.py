@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def test_up_starts_everything_reports_it_and_stops_cleanly_on_ctrl_c(tmp_path: P
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # a process group of its own, like a terminal's job
     )
     try:
         lines = _wait_for_line(process, "Ctrl-C stops everything", timeout=90)
@@ -70,7 +72,8 @@ def test_up_starts_everything_reports_it_and_stops_cleanly_on_ctrl_c(tmp_path: P
         while b'"job":"responder"' not in http_get(targets)[1]:
             assert time.monotonic() < deadline, "Prometheus has no responder target"
             time.sleep(0.5)
-        process.send_signal(signal.SIGINT)
+        # Ctrl-C in a terminal signals the whole foreground process group, not one PID.
+        os.killpg(process.pid, signal.SIGINT)
         out, _ = process.communicate(timeout=60)
     finally:
         # SIGTERM lets `up` stop every process it started; SIGKILL would orphan them.
@@ -82,6 +85,7 @@ def test_up_starts_everything_reports_it_and_stops_cleanly_on_ctrl_c(tmp_path: P
                 process.kill()
                 process.wait()
     assert process.returncode == 0, out
+    assert "error:" not in out, out  # nothing reported as dying on its own
     stopped = next(line for line in out.splitlines() if line.startswith("stopped:"))
     for name in (
         "preprocess",

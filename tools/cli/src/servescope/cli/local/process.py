@@ -134,12 +134,15 @@ class ManagedProcess:
         if self.cgroup is not None:
             command = self.cgroup.wrap(command)
         with self.log_path.open("ab") as log:
+            # A session of its own: Ctrl-C in the terminal reaches only whoever started it,
+            # which then stops its processes in order instead of watching them all die at once.
             self.process = subprocess.Popen(
                 command,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
