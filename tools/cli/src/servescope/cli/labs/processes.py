@@ -18,7 +18,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from servescope.cli.local.alerting import (
     DEFAULT_RESPONDER_PORT,
     LocalAlerting,
 )
+from servescope.cli.local.process import port_is_free
 from servescope.cli.local.services import (
     DEFAULT_PORTS,
     SERVICES,
@@ -107,13 +107,7 @@ class Ports:
 
 
 def port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-        return False
+    return not port_is_free(port)
 
 
 # --- processes by PID --------------------------------------------------------------------
