@@ -57,7 +57,7 @@ def test_up_starts_everything_reports_it_and_stops_cleanly_on_ctrl_c(tmp_path: P
         text = "\n".join(lines)
         assert f"http://127.0.0.1:{ports['pre']}/v1/predict" in text
         assert f"http://127.0.0.1:{ports['prom']}" in text  # Prometheus ran (CI installs it)
-        assert "incident notes in" in text  # Alertmanager and the responder ran
+        assert "incident notes in" in text, text  # Alertmanager and the responder ran
         assert f"--url http://127.0.0.1:{ports['pre']}" in text  # hints fit the chosen port
         for port in (ports["pre"], ports["cls"], ports["post"]):
             assert http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
