@@ -9,8 +9,10 @@ A second signal skips the drain.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import signal
 import socket
+import struct
 from collections.abc import Callable
 from types import FrameType
 from typing import TypeVar
@@ -28,6 +30,22 @@ SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 
 # After the listener closes, the longest wait for a just-accepted connection's request.
 ACCEPTED_GRACE_SECONDS = 0.25
+
+# Linux's SO_ATTACH_FILTER with a one-instruction classic BPF program, "return 0": the
+# listener drops every packet, so a new SYN is never answered (the client retries and is
+# refused once the listener is gone) while the accept queue is drained.
+SO_ATTACH_FILTER = 26
+DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET | BPF_K, accept 0 bytes
+
+
+def stop_queueing(listener: socket.socket) -> None:
+    """Make the kernel stop completing new connections on `listener` (best effort)."""
+    program = ctypes.create_string_buffer(DROP_ALL)
+    fprog = struct.pack("HP", 1, ctypes.addressof(program))  # struct sock_fprog
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError:
+        pass  # not Linux: the window between the last accept and the close stays open
 
 
 class DrainingServer(uvicorn.Server):
@@ -59,7 +77,11 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
     def _close_listeners(self) -> list[socket.socket]:
-        """Accept what is queued and close the listeners in one step (no await in between)."""
+        """Accept what is queued and close the listeners in one step (no await in between).
+
+        Closing a listener resets every connection the kernel completed but nobody accepted,
+        so the kernel first stops completing new ones; only then is the queue emptied.
+        """
         listeners = [
             socket.fromfd(sock.fileno(), sock.family, sock.type)  # a dup: closing it is ours
             for server in self.servers
@@ -68,6 +90,7 @@ class DrainingServer(uvicorn.Server):
         accepted: list[socket.socket] = []
         try:
             for listener in listeners:
+                stop_queueing(listener)
                 listener.setblocking(False)
                 while True:
                     try:
