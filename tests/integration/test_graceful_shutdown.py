@@ -199,3 +199,47 @@ def test_sigterm_to_classifier_loses_no_request(start_stack) -> None:
     assert any(status == 503 for status, _ in after), "the classifier never went away"
     assert exit_code == 0, classifier.log_tail()
     assert stack.services["preprocess"].running()
+
+
+@pytest.mark.slow
+def test_requests_of_a_second_in_flight_at_sigterm_and_mid_drain_both_complete(
+    start_stack,
+) -> None:
+    """A shutdown that does not drain fails here; uvicorn's own 0.1 s grace would not."""
+    drain, step = 2.0, 1.0
+    stack: LocalStack = start_stack(
+        env={
+            "preprocess": {
+                "SERVESCOPE_DRAIN_SECONDS": str(drain),
+                "SERVESCOPE_FAULTS": f"delay:resize:{step}",
+            }
+        }
+    )
+    preprocess = stack.services["preprocess"]
+    digit = heldout_samples(heldout_dir())[0]
+    results: dict[str, Outcome] = {}
+
+    def send(name: str) -> None:
+        results[name] = _one_request(preprocess.port, digit.body, digit.label)
+
+    before = threading.Thread(target=send, args=("in flight at SIGTERM",))
+    before.start()
+    time.sleep(0.3)  # the request is inside its one-second step
+    preprocess.send_signal(signal.SIGTERM)
+    time.sleep(drain / 2)
+    during = threading.Thread(target=send, args=("sent halfway through the drain",))
+    during.start()
+    before.join(15)
+    during.join(15)
+    assert preprocess.process is not None
+    exit_code = preprocess.process.wait(timeout=15)
+    assert set(results) == {"in flight at SIGTERM", "sent halfway through the drain"}
+    for name, outcome in results.items():
+        assert outcome.kind == "ok", f"{name}: {outcome}"
+        assert outcome.finished - outcome.started >= step  # it really was slow
+    # The mid-drain request outlived the drain: the listener closed while it was in flight.
+    assert (
+        results["sent halfway through the drain"].finished
+        > results["in flight at SIGTERM"].started + drain
+    )
+    assert exit_code == 0, preprocess.log_tail()
