@@ -57,6 +57,7 @@ def test_wrong_method_is_405_in_the_shared_shape(client: TestClient) -> None:
     body = response.json()
     assert set(body) == {"error", "kind"}
     assert body["kind"] == "method_not_allowed"
+    assert response.headers["allow"] == "POST"  # what the route does accept
 
 
 def test_validation_error_is_422_naming_the_field(client: TestClient) -> None:

@@ -85,7 +85,12 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics | None = None) 
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         kind = _HTTP_KINDS.get(exc.status_code, "http_error")
         count(exc.status_code, kind)
-        return JSONResponse({"error": str(exc.detail), "kind": kind}, status_code=exc.status_code)
+        # Starlette puts the route's methods in `Allow` on a 405 (RFC 9110 requires it).
+        return JSONResponse(
+            {"error": str(exc.detail), "kind": kind},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
