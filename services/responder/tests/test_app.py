@@ -159,3 +159,26 @@ def test_an_unwritable_incident_directory_is_fatal(tmp_path: Path) -> None:
     with TestClient(create_app(settings, health)) as client:
         assert client.get("/readyz").status_code == 503
     assert health.fatal is not None and "incidents" in health.fatal
+
+
+def test_with_a_webhook_token_alerts_need_it_and_a_stranger_is_refused_and_counted(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        incident_dir=tmp_path / "incidents",
+        prometheus_url=_unreachable(),
+        query_timeout_seconds=2,
+        webhook_token="hook-token",
+    )
+    with TestClient(create_app(settings, Health("responder", "test"))) as client:
+        refused = client.post("/alerts", json=payload(), headers={"authorization": "Bearer no"})
+        assert refused.status_code == 401
+        assert refused.json()["kind"] == "unauthorized"
+        assert client.post("/alerts", json=payload()).status_code == 401
+        assert metric(client, 'servescope_rejected_inputs_total{reason="unauthorized"}') == 2
+        assert client.get("/incidents").json() == []  # nothing refused was handled
+        accepted = client.post(
+            "/alerts", json=payload(), headers={"authorization": "Bearer hook-token"}
+        )
+        assert accepted.status_code == 200, accepted.text
+        assert accepted.json()["accepted"] == 1

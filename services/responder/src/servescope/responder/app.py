@@ -21,6 +21,7 @@ from fastapi.responses import Response
 
 from servescope.responder.notes import Responder
 from servescope.responder.settings import Settings
+from servescope.runtime.auth import BearerToken
 from servescope.runtime.bodies import read_body
 from servescope.runtime.errors import ServiceError
 from servescope.runtime.health import Health
@@ -96,8 +97,13 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
     )
     instrument_app(app, metrics, health, settings)
 
+    token = settings.webhook_token.get_secret_value() if settings.webhook_token else None
+    webhook = BearerToken(token, "alert webhooks") if token else None
+
     @app.post("/alerts")
     async def alerts(request: Request) -> Response:
+        if webhook is not None:
+            webhook.check(request)  # before the body is read: a stranger costs no parsing
         payload = parse_webhook(await read_body(request, settings.max_request_bytes, STAGE))
         return JSONResponse({"accepted": responder().submit(payload)})
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from servescope.responder.playbooks import parse_duration
@@ -82,6 +82,12 @@ class Settings(CommonSettings):
         4 * 1024 * 1024,
         ge=1024,
         description="Largest webhook body accepted (413 above).",
+    )
+    webhook_token: SecretStr | None = Field(
+        None,
+        validation_alias=_env("webhook_token"),
+        description="Bearer token POST /alerts requires (Alertmanager's "
+        "http_config.authorization.credentials). Unset: the webhook is open, as in local mode.",
     )
 
     @field_validator("window")

@@ -52,8 +52,9 @@ def error_response(err: ServiceError) -> Response:
     return JSONResponse(err.body(), status_code=err.status)
 
 
-# Client errors that mean "bad input" and are counted by reason; 404/405 are not inputs.
-_REJECTION_STATUSES = frozenset({400, 413, 415, 422})
+# Refused requests, counted by reason: bad input, and a missing or wrong bearer token (a
+# probe for the admin or webhook endpoints should show). 404/405 are not inputs.
+_REJECTION_STATUSES = frozenset({400, 401, 413, 415, 422})
 
 
 def install_error_handlers(app: FastAPI, metrics: ServiceMetrics | None = None) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import hmac
 import os
 import random
 import tempfile
@@ -42,6 +41,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from servescope.runtime.auth import BearerToken
 from servescope.runtime.errors import ServiceError, error_response
 from servescope.runtime.health import Health
 from servescope.runtime.responses import JSONResponse
@@ -366,12 +366,7 @@ def add_admin_routes(app: FastAPI, faults: Faults, token: str | None) -> None:
     """
     if not token:
         return
-    expected = f"Bearer {token}".encode()
-
-    def authorise(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise ServiceError(401, "unauthorized", "admin endpoints need the admin bearer token")
+    authorise = BearerToken(token, "admin endpoints").check
 
     def invalid(message: str, status: int = 400) -> Response:
         # Answered here, not raised: an operator's typo is not a rejected input.

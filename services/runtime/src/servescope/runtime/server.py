@@ -9,6 +9,7 @@ A second signal skips the drain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import signal
 import socket
@@ -42,10 +43,9 @@ def stop_queueing(listener: socket.socket) -> None:
     """Make the kernel stop completing new connections on `listener` (best effort)."""
     program = ctypes.create_string_buffer(DROP_ALL)
     fprog = struct.pack("HP", 1, ctypes.addressof(program))  # struct sock_fprog
-    try:
+    # Not Linux: the window between the last accept and the close stays open.
+    with contextlib.suppress(OSError):
         listener.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-    except OSError:
-        pass  # not Linux: the window between the last accept and the close stays open
 
 
 class DrainingServer(uvicorn.Server):
