@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from servescope.cli.output import say as _say
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from servescope.cli.bench.runner import run_bench
+    from servescope.cli.paths import repo_root
 
+    out = args.out or repo_root() / "docs"
     try:
-        report = run_bench(rounds=args.rounds, seconds=args.seconds)
+        report = run_bench(args.rounds, args.seconds, out, peers=not args.no_peers)
     except RuntimeError as exc:
         _say(f"error: {exc}")
         return 1
     for key, value in report["ratios"].items():
         _say(f"{key}: {value:.2f}")
-    _say("written: docs/benchmarks.md, docs/benchmarks.json, docs/benchmarks.png")
+    _say(f"written: {', '.join(str(out / f'benchmarks.{ext}') for ext in ('md', 'json', 'png'))}")
     return 0
 
 
@@ -25,4 +28,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = sub.add_parser("bench", help="measure what telemetry costs (writes docs/benchmarks.md)")
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    bench.add_argument("--no-peers", action="store_true", help="leave out KServe and MLServer")
+    bench.add_argument("--out", type=Path, help="report folder (default: docs/)")
     bench.set_defaults(func=cmd_bench)
