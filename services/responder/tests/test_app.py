@@ -182,3 +182,43 @@ def test_with_a_webhook_token_alerts_need_it_and_a_stranger_is_refused_and_count
         )
         assert accepted.status_code == 200, accepted.text
         assert accepted.json()["accepted"] == 1
+
+
+def test_a_replayed_webhook_updates_one_note_and_never_races_it(client: TestClient) -> None:
+    body = payload()
+    body["alerts"] = body["alerts"] * 6  # Alertmanager re-sends; a replay repeats it
+    assert client.post("/alerts", json=body).json() == {"accepted": 6}
+    (summary,) = wait_for(client, lambda notes: notes)
+
+    def all_six(_: object) -> dict[str, Any] | None:
+        note: dict[str, Any] = client.get(f"/incidents/{summary['id']}").json()
+        return note if len(note["notifications"]) == 6 else None
+
+    note = wait_for(client, all_six)
+    assert [n["status"] for n in note["notifications"]] == ["firing"] * 6
+
+
+def test_more_alerts_than_it_diagnoses_at_once_is_a_503_alertmanager_retries(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        incident_dir=tmp_path / "incidents",
+        prometheus_url=_unreachable(),
+        query_timeout_seconds=2,
+        max_pending_alerts=4,
+    )
+    with TestClient(create_app(settings, Health("responder", "test"))) as client:
+        flood = payload()
+        flood["alerts"] = [
+            {**flood["alerts"][0], "fingerprint": f"{n:x}".ljust(16, "a")} for n in range(5)
+        ]
+        refused = client.post("/alerts", json=flood)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "5"
+        assert refused.json()["kind"] == "responder_busy"
+        assert "at most 4 at once" in refused.json()["error"]
+        time.sleep(0.2)
+        assert client.get("/incidents").json() == []  # none of the flood was started
+        flood["alerts"] = flood["alerts"][:4]
+        assert client.post("/alerts", json=flood).json() == {"accepted": 4}
+        assert len(wait_for(client, lambda notes: len(notes) == 4 and notes)) == 4

@@ -19,7 +19,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from servescope.responder.notes import Responder
+from servescope.responder.notes import Busy, Responder
 from servescope.responder.settings import Settings
 from servescope.runtime.auth import BearerToken
 from servescope.runtime.bodies import read_body
@@ -105,7 +105,12 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         if webhook is not None:
             webhook.check(request)  # before the body is read: a stranger costs no parsing
         payload = parse_webhook(await read_body(request, settings.max_request_bytes, STAGE))
-        return JSONResponse({"accepted": responder().submit(payload)})
+        try:
+            accepted = responder().submit(payload)
+        except Busy as exc:
+            error = ServiceError(503, "responder_busy", str(exc), STAGE)
+            return JSONResponse(error.body(), status_code=503, headers={"retry-after": "5"})
+        return JSONResponse({"accepted": accepted})
 
     @app.get("/incidents")
     async def incidents() -> Response:

@@ -176,13 +176,23 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 @dataclass
+class _IncidentLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class Busy(Exception):
+    """More alerts at once than the responder diagnoses concurrently (max_pending_alerts)."""
+
+
+@dataclass
 class Responder:
     """Diagnoses each alert it is handed and writes its note; one note at a time per incident."""
 
     settings: Settings
     session: aiohttp.ClientSession
     metrics: ServiceMetrics | None = None
-    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _locks: dict[str, _IncidentLock] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -212,6 +222,14 @@ class Responder:
         """
         receiver = str(payload.get("receiver") or "")
         alerts = [a for a in payload.get("alerts") or [] if isinstance(a, dict)]
+        room = self.settings.max_pending_alerts - len(self._tasks)
+        if len(alerts) > room:
+            # Alertmanager retries a 503 later, so nothing is lost, and a flood (or a
+            # stranger's) cannot start unbounded work against Prometheus.
+            raise Busy(
+                f"{len(self._tasks)} alerts are being diagnosed and this payload has "
+                f"{len(alerts)}; at most {self.settings.max_pending_alerts} at once"
+            )
         for alert in alerts:
             if self._received is not None:
                 self._received.labels(_status(alert)).inc()
@@ -227,17 +245,24 @@ class Responder:
 
     async def handle(self, alert: Mapping[str, Any], receiver: str) -> None:
         ident = incident_id(alert)
-        lock = self._locks.setdefault(ident, asyncio.Lock())
-        async with lock:
-            try:
+        held = self._locks.setdefault(ident, _IncidentLock())
+        held.users += 1
+        try:
+            async with held.lock:
                 await self._handle(alert, receiver, ident)
-            except Exception as exc:
-                log.exception(
-                    "incident_note_failed",
-                    incident=ident,
-                    alertname=str((alert.get("labels") or {}).get("alertname", "")),
-                    error_type=type(exc).__name__,
-                )
+        except Exception as exc:
+            log.exception(
+                "incident_note_failed",
+                incident=ident,
+                alertname=str((alert.get("labels") or {}).get("alertname", "")),
+                error_type=type(exc).__name__,
+            )
+        finally:
+            # A lock lives while a note of its incident is under way or waited for: the map
+            # stays as small as the pending work, whatever ids arrive.
+            held.users -= 1
+            if held.users == 0:
+                del self._locks[ident]
 
     async def _handle(self, alert: Mapping[str, Any], receiver: str, ident: str) -> None:
         status = _status(alert)

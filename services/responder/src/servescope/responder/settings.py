@@ -83,6 +83,14 @@ class Settings(CommonSettings):
         ge=1024,
         description="Largest webhook body accepted (413 above).",
     )
+    max_pending_alerts: int = Field(
+        256,
+        ge=1,
+        le=10_000,
+        validation_alias=_env("max_pending_alerts"),
+        description="Alerts diagnosed at once; a webhook that would pass it gets 503 with "
+        "Retry-After, which Alertmanager retries.",
+    )
     webhook_token: SecretStr | None = Field(
         None,
         validation_alias=_env("webhook_token"),
