@@ -31,6 +31,14 @@ class CommonSettings(TelemetrySettings):
     graceful_timeout_seconds: float = Field(
         20.0, gt=0, description="Longest wait for in-flight requests after the listener closes."
     )
+    max_concurrent_requests: int = Field(
+        64,
+        ge=0,
+        description="Requests worked on at once (probes and /metrics not counted); past it a "
+        "request gets 503 with Retry-After at once instead of queueing. 0: no limit. The "
+        "default is eight times the bench's highest concurrency; a fork sets what one replica "
+        "serves within its callers' timeout (throughput x p99, by Little's law).",
+    )
     admin_token: SecretStr | None = Field(
         None,
         description="Enables /admin/faults, guarded by this bearer token. Unset: no admin routes.",
