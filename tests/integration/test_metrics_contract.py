@@ -190,11 +190,28 @@ def test_exemplars_carry_the_callers_trace_id(busy_stack: LocalStack) -> None:
         headers={"Content-Type": "image/png", "traceparent": f"00-{trace_id}-{'1' * 16}-01"},
     )
     assert response.status_code == 200
-    # The edge and, through propagation, the classifier both tag latency with the trace.
+    # The edge and, through propagation, the classifier both tag latency with the trace, on
+    # the HTTP request histogram itself (not only on the stage histograms).
     for service in ("preprocess", "classifier"):
         text = scrape(busy_stack, service, openmetrics=True)
-        assert f'trace_id="{trace_id}"' in text, service
+        tagged = [line for line in text.splitlines() if f'trace_id="{trace_id}"' in line]
+        assert any(
+            line.startswith("http_server_request_duration_seconds_bucket{") for line in tagged
+        ), f"{service}: no HTTP request exemplar for the trace; tagged: {tagged}"
     assert f'trace_id="{trace_id}"' not in scrape(busy_stack, "preprocess")  # text format: none
+
+
+def test_an_unsampled_request_leaves_no_exemplar(busy_stack: LocalStack) -> None:
+    """An exemplar must lead to a trace that exists: never one the caller did not sample."""
+    trace_id = uuid.uuid4().hex
+    response = httpx.post(
+        busy_stack.url + "/v1/predict",
+        content=heldout_samples(heldout_dir())[0].body,
+        headers={"Content-Type": "image/png", "traceparent": f"00-{trace_id}-{'1' * 16}-00"},
+    )
+    assert response.status_code == 200
+    for service in ("preprocess", "classifier"):
+        assert trace_id not in scrape(busy_stack, service, openmetrics=True), service
 
 
 def test_a_thousand_random_paths_add_no_series(start_stack) -> None:
