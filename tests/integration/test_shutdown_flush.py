@@ -5,7 +5,9 @@ batches (it sends every few seconds) and the requests end just before the signal
 from __future__ import annotations
 
 import signal
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,10 +20,12 @@ from servescope.cli.local.process import free_port
 from servescope.cli.local.services import SERVICES, LocalStack
 from servescope.cli.paths import heldout_dir
 from servescope.loadgen.inputs import heldout_samples
+from servescope.telemetry.settings import TelemetrySettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 REQUESTS = 20
+FLUSH_TIMEOUT_SECONDS = TelemetrySettings().trace_flush_timeout_seconds
 
 
 class Receiver(ThreadingHTTPServer):
@@ -107,3 +111,45 @@ def test_after_sigterm_every_sampled_span_is_exported_and_every_line_logged(
         log = stack.services[name].log_path.read_text()
         unlogged = [t for t in trace_ids if f'"trace_id":"{t}"' not in log.replace(" ", "")]
         assert not unlogged, f"{name}: {len(unlogged)} of {REQUESTS} requests left no log line"
+
+
+@pytest.mark.parametrize("backend", ["hangs", "refuses"])
+def test_a_dead_collector_neither_fails_requests_nor_holds_the_exit(
+    start_stack, backend: str
+) -> None:
+    """Before the bound, a collector that hung held each process 20 to 30 s at exit."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # never accepted: connections complete, requests never get an answer
+    port = hole.getsockname()[1]
+    if backend == "refuses":
+        hole.close()
+    try:
+        stack: LocalStack = start_stack(
+            env={
+                "*": {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                    "SERVESCOPE_TRACE_SAMPLE_RATIO": "1",
+                }
+            }
+        )
+        digit = heldout_samples(heldout_dir())[0]
+        with httpx.Client(base_url=stack.url, timeout=10) as client:
+            for _ in range(100):
+                response = client.post(
+                    "/v1/predict", content=digit.body, headers={"content-type": "image/png"}
+                )
+                assert response.status_code == 200
+        started = time.monotonic()
+        for name in SERVICES:
+            stack.services[name].send_signal(signal.SIGTERM)
+        for name in SERVICES:
+            process = stack.services[name].process
+            assert process is not None
+            assert process.wait(timeout=60) == 0, stack.services[name].log_tail()
+        took = time.monotonic() - started
+        bound = FLUSH_TIMEOUT_SECONDS + 5  # the flush bound, plus the server's own shutdown
+        assert took < bound, f"exit took {took:.1f} s with a collector that {backend}"
+    finally:
+        hole.close()

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from servescope.runtime.health import Health
 from servescope.runtime.settings import CommonSettings
 from servescope.telemetry.logging import configure_logging
-from servescope.telemetry.tracing import configure_tracing
+from servescope.telemetry.tracing import configure_tracing, shutdown_tracing
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 
@@ -172,5 +172,10 @@ def run_service(
     try:
         serve(create_app(settings, health), settings, health)
     finally:
-        if provider is not None:
-            provider.shutdown()  # flush the spans still queued for export
+        # Flush the spans still queued for export, within a bound.
+        if provider is not None and not shutdown_tracing(
+            provider, settings.trace_flush_timeout_seconds
+        ):
+            structlog.get_logger().warning(
+                "trace_flush_incomplete", timeout_seconds=settings.trace_flush_timeout_seconds
+            )

@@ -32,6 +32,13 @@ class TelemetrySettings(BaseSettings):
         description="Also write spans as JSON lines here, with or without an OTLP endpoint "
         "(local mode: .run/traces/<service>.jsonl, read by `servescope trace`).",
     )
+    trace_flush_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Longest wait at exit for the spans still queued to be exported; past "
+        "it they are given up (and logged), so a collector that is down or hangs cannot hold "
+        "a pod past its termination grace period.",
+    )
     log_info_sample_ratio: float = Field(
         0.1,
         ge=0,

@@ -76,19 +76,28 @@ class JsonLinesSpanExporter(SpanExporter):
             self._file.close()
 
 
+# The SDK waits 10 s for one export; a collector on the same network answers in
+# milliseconds, and a longer wait only holds the export thread (and, at exit, the process)
+# on a collector that is down. OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT still overrides it.
+EXPORT_TIMEOUT_SECONDS = 2.0
+
+
 def _otlp_exporter() -> SpanExporter:
     protocol = os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
     )
+    timeout = None
+    if not {"OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"} & set(os.environ):
+        timeout = EXPORT_TIMEOUT_SECONDS
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        return OTLPSpanExporter()
+        return OTLPSpanExporter(timeout=timeout)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HTTPSpanExporter,
     )
 
-    return HTTPSpanExporter()
+    return HTTPSpanExporter(timeout=timeout)
 
 
 def configure_tracing(settings: TelemetrySettings) -> TracerProvider | None:
@@ -119,6 +128,18 @@ def configure_tracing(settings: TelemetrySettings) -> TracerProvider | None:
 
 
 @functools.cache
+def shutdown_tracing(provider: TracerProvider, timeout_seconds: float) -> bool:
+    """Export what is queued, for at most `timeout_seconds`; False if that was not enough.
+
+    The SDK's own shutdown waits up to 30 s per processor, and longer while an export to a
+    dead collector retries; bounded here, the process exits in time and the rest is lost.
+    """
+    done = threading.Thread(target=provider.shutdown, name="trace-flush", daemon=True)
+    done.start()
+    done.join(timeout_seconds)
+    return not done.is_alive()
+
+
 def tracer() -> trace.Tracer:
     """The one tracer of this process, made once: get_tracer costs ~10 us per call.
 
