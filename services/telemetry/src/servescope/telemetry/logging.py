@@ -56,6 +56,26 @@ class LogSampler:
         self.count(level, "kept")
         return event_dict
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        """The same choice for a standard-library line, as a handler filter.
+
+        Raising DropEvent is how a structlog line is dropped, but out of a library's
+        `logging` call it would reach the caller's request path; a filter returns False.
+        structlog's own lines arrive here already decided.
+        """
+        if getattr(record, "_from_structlog", False):
+            return True
+        level = record.levelname.lower()
+        context = trace.get_current_span().get_span_context()
+        if (
+            level in ("debug", "info")
+            and context.is_valid
+            and not self.keeps_info(context.trace_id)
+        ):
+            self.count(level, "dropped")
+            return False
+        return True
+
 
 def log_sampler() -> LogSampler | None:
     """The sampler configure_logging installed, if any."""
@@ -101,9 +121,10 @@ def configure_logging(
         event_dict.setdefault("version", version)
         return event_dict
 
+    sampler = LogSampler(info_sample_ratio)
     shared: list[structlog.typing.Processor] = [
         # First, so a line that will be dropped costs as little as possible.
-        LogSampler(info_sample_ratio),
+        sampler,
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
@@ -130,6 +151,7 @@ def configure_logging(
             ],
         )
     )
+    handler.addFilter(sampler)  # libraries' lines: dropped before the chain can raise
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
