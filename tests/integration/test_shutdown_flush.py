@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import statistics
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from servescope.telemetry.settings import TelemetrySettings
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 REQUESTS = 20
+ROUNDS, WARM_UP = 200, 20
 FLUSH_TIMEOUT_SECONDS = TelemetrySettings().trace_flush_timeout_seconds
 
 
@@ -113,43 +115,67 @@ def test_after_sigterm_every_sampled_span_is_exported_and_every_line_logged(
         assert not unlogged, f"{name}: {len(unlogged)} of {REQUESTS} requests left no log line"
 
 
-@pytest.mark.parametrize("backend", ["hangs", "refuses"])
-def test_a_dead_collector_neither_fails_requests_nor_holds_the_exit(
-    start_stack, backend: str
+def _otlp_env(port: int) -> dict[str, dict[str, str]]:
+    return {
+        "*": {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "SERVESCOPE_TRACE_SAMPLE_RATIO": "1",
+        }
+    }
+
+
+def test_a_dead_collector_neither_slows_serving_nor_holds_the_exit(
+    start_stack, receiver: Receiver
 ) -> None:
-    """Before the bound, a collector that hung held each process 20 to 30 s at exit."""
-    hole = socket.socket()
-    hole.bind(("127.0.0.1", 0))
-    hole.listen(64)  # never accepted: connections complete, requests never get an answer
-    port = hole.getsockname()[1]
-    if backend == "refuses":
-        hole.close()
+    """Three stacks side by side, every trace kept: one exporting to a healthy receiver, one
+    to a collector that accepts and never answers, one to a port that refuses. Requests go
+    round-robin, so the machine's noise falls on all three alike."""
+    hanging = socket.socket()
+    hanging.bind(("127.0.0.1", 0))
+    hanging.listen(64)  # never accepted: connections complete, requests are never answered
+    refusing = free_port()
     try:
-        stack: LocalStack = start_stack(
-            env={
-                "*": {
-                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-                    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                    "SERVESCOPE_TRACE_SAMPLE_RATIO": "1",
-                }
-            }
-        )
+        stacks: dict[str, LocalStack] = {
+            "healthy": start_stack(env=_otlp_env(receiver.server_port)),
+            "hangs": start_stack(env=_otlp_env(hanging.getsockname()[1])),
+            "refuses": start_stack(env=_otlp_env(refusing)),
+        }
         digit = heldout_samples(heldout_dir())[0]
-        with httpx.Client(base_url=stack.url, timeout=10) as client:
-            for _ in range(100):
-                response = client.post(
-                    "/v1/predict", content=digit.body, headers={"content-type": "image/png"}
-                )
-                assert response.status_code == 200
-        started = time.monotonic()
-        for name in SERVICES:
-            stack.services[name].send_signal(signal.SIGTERM)
-        for name in SERVICES:
-            process = stack.services[name].process
-            assert process is not None
-            assert process.wait(timeout=60) == 0, stack.services[name].log_tail()
-        took = time.monotonic() - started
+        latencies: dict[str, list[float]] = {name: [] for name in stacks}
+        clients = {name: httpx.Client(base_url=s.url, timeout=10) for name, s in stacks.items()}
+        try:
+            for round_number in range(ROUNDS + WARM_UP):
+                for name, client in clients.items():
+                    started = time.perf_counter()
+                    response = client.post(
+                        "/v1/predict", content=digit.body, headers={"content-type": "image/png"}
+                    )
+                    assert response.status_code == 200, (name, response.text)
+                    if round_number >= WARM_UP:
+                        latencies[name].append(time.perf_counter() - started)
+        finally:
+            for client in clients.values():
+                client.close()
+        p95 = {name: statistics.quantiles(values, n=20)[-1] for name, values in latencies.items()}
+        print("p95 ms:", {name: round(value * 1e3, 2) for name, value in p95.items()})
+        for dead in ("hangs", "refuses"):
+            # The goal is 1.10; a loaded CI machine gets slack, the figure is reported.
+            assert p95[dead] <= 1.5 * p95["healthy"], p95
+
+        exits: dict[str, float] = {}
+        for dead in ("hangs", "refuses"):
+            stack = stacks[dead]
+            started = time.monotonic()
+            for name in SERVICES:
+                stack.services[name].send_signal(signal.SIGTERM)
+            for name in SERVICES:
+                process = stack.services[name].process
+                assert process is not None
+                assert process.wait(timeout=60) == 0, stack.services[name].log_tail()
+            exits[dead] = time.monotonic() - started
+        print("exit after SIGTERM, s:", {name: round(value, 1) for name, value in exits.items()})
         bound = FLUSH_TIMEOUT_SECONDS + 5  # the flush bound, plus the server's own shutdown
-        assert took < bound, f"exit took {took:.1f} s with a collector that {backend}"
+        assert all(took < bound for took in exits.values()), exits
     finally:
-        hole.close()
+        hanging.close()
