@@ -24,7 +24,10 @@ START_ATTEMPTS = 3
 
 
 def _start(
-    run_dir: Path, env: dict[str, dict[str, str]] | None, names: tuple[str, ...]
+    run_dir: Path,
+    env: dict[str, dict[str, str]] | None,
+    names: tuple[str, ...],
+    model_repository: Path | None = None,
 ) -> LocalStack:
     last: LocalStackError | None = None
     for attempt in range(START_ATTEMPTS):
@@ -32,6 +35,7 @@ def _start(
             ports={name: free_port() for name in SERVICES},
             run_dir=run_dir / f"attempt-{attempt}",
             env=env or {},
+            model_repository=model_repository,
         )
         try:
             if names == SERVICES:
@@ -75,9 +79,10 @@ class StackStarter:
         self,
         env: dict[str, dict[str, str]] | None = None,
         names: tuple[str, ...] = SERVICES,
+        model_repository: Path | None = None,
     ) -> LocalStack:
         run_dir = self.run_dir / f"stack-{len(self.stacks)}"
-        stack = _start(run_dir, env, names)
+        stack = _start(run_dir, env, names, model_repository)
         self.stacks.append(stack)
         return stack
 

@@ -396,6 +396,7 @@ def observed() -> Iterator[dict[str, Any]]:
             path: str,
             payload: Any = None,
             record: Any = None,
+            not_found: ServiceError | None = None,
         ) -> Any:
             client = clients[endpoint.stage]
             body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY) if payload else None
@@ -408,6 +409,8 @@ def observed() -> Iterator[dict[str, Any]]:
             )
             if record is not None:
                 record("ok", 0.0)
+            if response.status_code == 404 and not_found is not None:
+                raise not_found
             if response.status_code != 200:
                 raise ServiceError(502, f"{endpoint.stage}_error", response.text, endpoint.stage)
             return response.json()

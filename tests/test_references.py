@@ -358,9 +358,9 @@ def test_the_scan_reads_what_it_should() -> None:
     assert line_paths("a -> deploy/x, <b> docs/y") == ["deploy/x,", "docs/y"]
     # In a lab, the learner's workspace and the files the stack reads when present.
     lab = ROOT / "labs" / "advanced" / "some-lab" / "README.md"
-    for text in ["work/sampling.lua", "deploy/fluent-bit/sampling.lua", "deploy/fluent-bit/"]:
+    for text in ["work/sampling.lua", "deploy/fluent-bit/mine.lua", "deploy/fluent-bit/"]:
         assert resolves(Mention(lab, 1, text)), text
-    assert not resolves(Mention(readme, 1, "deploy/fluent-bit/sampling.lua"))
+    assert not resolves(Mention(readme, 1, "deploy/fluent-bit/mine.lua"))
     # Run-time outputs and kubectl's Deployment names are not repository paths.
     for text in [".run/logs/preprocess.log", "labs/<id>/work/", "deploy/servescope-<service>"]:
         assert resolves(Mention(readme, 1, text)), text

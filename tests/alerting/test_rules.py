@@ -153,9 +153,11 @@ def test_rules_read_only_series_the_contract_or_kubernetes_declares() -> None:
 
 
 def test_every_recording_rule_outside_the_slo_rules_is_used_by_a_rule() -> None:
+    # models.generated.yml records per-model histograms over models for the store behind
+    # remote write (tests/deploy/test_cost_profile.py), which is where they are read.
     exprs = [str(rule["expr"]) for _, rule in all_rules()]
     for path, rule in all_rules():
-        if "record" in rule and path.name != "slos.generated.yml":
+        if "record" in rule and path.name not in ("slos.generated.yml", "models.generated.yml"):
             assert any(rule["record"] in expr for expr in exprs), rule["record"]
 
 

@@ -269,3 +269,15 @@ def test_the_renderer_reads_local_log_lines_for_logs_panels(tmp_path) -> None:
     assert read_log_lines(tmp_path, overview["expr"], t + 1, t + 2) == []
     (rejected,) = read_log_lines(tmp_path, model["expr"], t - 1, t + 1)
     assert rejected["trace_id"] == "a" * 32
+
+
+def test_the_cost_dashboard_shows_series_and_samples_by_model_and_metric() -> None:
+    """Before and after the cuts: what each job exposes against what relabeling keeps, and
+    series by metric and by model over time."""
+    exprs = {p["title"]: [t["expr"] for t in p["targets"]] for p in panels(ALL["servescope-cost"])}
+    exposed_and_kept = exprs["Samples per scrape by job: exposed and kept"]
+    assert any("scrape_samples_scraped" in e for e in exposed_and_kept)
+    assert any("scrape_samples_post_metric_relabeling" in e for e in exposed_and_kept)
+    assert any("count by (__name__)" in e for e in exprs["Series by metric (top 10)"])
+    assert any("by (model_name)" in e for e in exprs["Series per model (top 15)"])
+    assert any("count_over_time" in e for e in exprs["Samples per second by model (top 10)"])

@@ -33,11 +33,18 @@ PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule", "PodMonitor"}
 # tells the chart the CRDs exist; `render(..., crds=False)` renders what a bare cluster gets.
 WITH_STACK_CRDS: dict[str, Any] = {"monitoring": {"assumeCRDs": True}}
 
-# Every values combination the tests render: the defaults, each ci/*.yaml, each skaffold
-# profile's values file.
+# A fork's production values render only with a digest per image; these are made up.
+PRODUCTION = (
+    CHART / "examples" / "production-values.yaml",
+    Path(__file__).with_name("production-digests.yaml"),
+)
+
+# Every values combination the tests render: the defaults, each ci/*.yaml, the production
+# example, each skaffold profile's values file.
 CASES: dict[str, tuple[Path, ...]] = {
     "default": (),
     **{f"ci/{p.name}": (p,) for p in sorted((CHART / "ci").glob("*.yaml"))},
+    "examples/production-values.yaml": PRODUCTION,
     **{f"profile/{p.stem}": (p,) for p in sorted(PROFILES.glob("*.yaml"))},
 }
 
@@ -181,6 +188,7 @@ class Helm:
     PROFILES = PROFILES
     STACK = STACK
     CASES = CASES
+    PRODUCTION = PRODUCTION
     KUBE_VERSION = KUBE_VERSION
     RELEASE = RELEASE
     NAMESPACE = NAMESPACE

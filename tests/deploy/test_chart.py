@@ -288,9 +288,16 @@ def test_images_default_to_local_names_and_app_version(helm):
     for deployment in helm.render().of_kind("Deployment"):
         image = helm.containers(deployment)[0]["image"]
         assert image == f"servescope-{helm.component_of(deployment)}:{chart['appVersion']}"
-    production = helm.render([CHART / "ci" / "production-values.yaml"])
-    edge = helm.containers(production.named("Deployment", "servescope-preprocess"))[0]
-    assert edge["image"].startswith("servescope-preprocess@sha256:")
+    production = helm.render(list(helm.PRODUCTION))
+    for deployment in production.of_kind("Deployment"):
+        container = helm.containers(deployment)[0]
+        assert "@sha256:" in container["image"], container["image"]
+        assert container["imagePullPolicy"] == "Always"
+
+
+def test_production_values_refuse_an_image_without_its_digest(helm):
+    with pytest.raises(helm.RenderError, match=r"has no digest, and image\.requireDigest is on"):
+        helm.render([helm.PRODUCTION[0]])
 
 
 # -- tracing and logging environment ------------------------------------------------------
@@ -364,7 +371,7 @@ def test_default_and_production_autoscale_on_cpu(helm):
     # (test_cluster_rules.py::test_autoscalers_use_only_metrics_the_cluster_serves).
     default = helm.render().named("HorizontalPodAutoscaler", "servescope-preprocess")
     assert default["spec"]["metrics"][0]["resource"]["name"] == "cpu"
-    production = helm.render([CHART / "ci" / "production-values.yaml"])
+    production = helm.render(list(helm.PRODUCTION))
     edge = production.named("HorizontalPodAutoscaler", "servescope-preprocess")
     assert edge["spec"]["metrics"][0]["resource"]["name"] == "cpu"
     assert (

@@ -553,7 +553,9 @@ def _stack_addresses() -> Iterator[tuple[str, str, str, int]]:
     """(file, service, namespace, port) of every in-cluster address in the stack's values,
     including Fluent Bit's `Host`/`Port` pairs."""
     for path in sorted(STACK_DIR.glob("*.yaml")):
-        if path.name == "stack.yaml":
+        # The remote-write values address a store installed apart from the stack (Mimir in
+        # its own namespace), off until a user adds them.
+        if path.name in ("stack.yaml", "kube-prometheus-stack-remote-write.yaml"):
             continue
         for text in _strings(yaml.safe_load(path.read_text())):
             for m in _CLUSTER_URL.finditer(text):

@@ -8,6 +8,7 @@ import argparse
 import copy
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def test_dry_run_prints_the_exact_commands(capsys):
     lines = [line for line in out.splitlines() if not line.startswith("#")]
     stack = stack_cli.load_stack(ROOT)
     expected = stack_cli.install_commands(stack, ROOT)
-    assert lines == [" ".join(c) for c in expected]
+    assert lines == [shlex.join(c) for c in expected]
     for release in MANIFEST["releases"]:
         (line,) = [c for c in lines if f" upgrade --install {release['name']} " in c]
         assert f"{release['chart']} --version {release['version']} --namespace monitoring" in line
@@ -93,10 +94,10 @@ def test_only_selects_releases_and_rejects_unknown_ones(capsys):
 
 def test_files_owned_elsewhere_are_read_in_place(tmp_path, capsys):
     root = _copy_root(tmp_path)
-    # The copy holds neither Alertmanager's routes nor a Lua filter yet: nothing extra is passed.
+    # The copy holds neither Alertmanager's routes nor a Lua filter: nothing extra is passed.
     plain = stack_cli.install_commands(stack_cli.load_stack(root), root)
     assert not [c for c in plain if "--set-file" in c or "generated" in " ".join(c)]
-    # Once those issues land their files (the responder's local-mode webhook is rewritten to
+    # With those files (the responder's local-mode webhook is rewritten to
     # its in-cluster Service, any other webhook is left alone):
     routes = {
         "route": {"receiver": "webhook", "group_by": ["alertname"]},
@@ -289,3 +290,54 @@ def test_overlay_sets_prepends_and_appends_without_touching_the_source():
     assert stack_cli.apply_overlay(source, {"path": "x.yml"}) is source
     with pytest.raises(stack_cli.StackError, match="needs a list"):
         stack_cli.apply_overlay(source, {"path": "x.yml", "append": {"route": [{}]}})
+
+
+def test_the_lua_sampling_filter_is_wired_with_the_app_charts_ratio(tmp_path, capsys):
+    """The repository's filter (deploy/fluent-bit/sampling.lua) is installed: passed in place,
+    one [FILTER] per sampled level calling a function the script defines, and its ratio read
+    from the app chart's logSampling.infoRate, the services' ratio."""
+    code, out = _run(["stack", "install", "--dry-run", "--root", str(ROOT)], capsys)
+    assert code == 0
+    fluent = next(line for line in out.splitlines() if "upgrade --install fluent-bit" in line)
+    assert "--values deploy/stack/fluent-bit-sampling.yaml" in fluent
+    assert "--set-file 'luaScripts.sampling\\.lua=deploy/fluent-bit/sampling.lua'" in fluent
+    assert "--values .run/stack/fluent-bit-generated.yaml" in fluent
+    generated = yaml.safe_load((ROOT / ".run" / "stack" / "fluent-bit-generated.yaml").read_text())
+    app = yaml.safe_load((ROOT / "deploy" / "helm" / "servescope" / "values.yaml").read_text())
+    assert generated == {
+        "env": [
+            {
+                "name": "SERVESCOPE_LOG_INFO_SAMPLE_RATIO",
+                "value": str(app["logSampling"]["infoRate"]),
+            }
+        ]
+    }
+
+    overlay = yaml.safe_load((STACK_DIR / "fluent-bit-sampling.yaml").read_text())
+    filters = re.split(r"\n\s*\n", overlay["config"]["filters"].strip())
+    lua = [dict(line.split(None, 1) for line in f.strip().splitlines()[1:]) for f in filters[1:]]
+    script = (ROOT / "deploy" / "fluent-bit" / "sampling.lua").read_text()
+    assert [f["Alias"] for f in lua] == ["log_sampling_debug", "log_sampling_info"]
+    for f in lua:
+        assert f["Name"] == "lua" and f["script"] == "/fluent-bit/scripts/sampling.lua"
+        assert re.search(rf"^(function {f['call']}\(|{f['call']} = )", script, re.MULTILINE)
+    # The kubernetes filter (fluent-bit.yaml's) still runs first: it lifts `level`, `trace_id`.
+    base = yaml.safe_load((STACK_DIR / "fluent-bit.yaml").read_text())
+    assert filters[0].strip() == base["config"]["filters"].strip()
+    # Fluent Bit's counters (the drops by level) are scraped.
+    assert overlay["serviceMonitor"]["enabled"] is True
+
+
+def test_env_from_files_reads_one_declared_value(tmp_path):
+    root = _copy_root(tmp_path)
+    (fluent,) = [r for r in stack_cli.load_stack(root).releases if r.name == "fluent-bit"]
+    assert stack_cli.generated_values(root, fluent) is None  # no app chart in the copy
+    chart = root / "deploy" / "helm" / "servescope"
+    chart.mkdir(parents=True)
+    (chart / "values.yaml").write_text("logSampling:\n  infoRate: 0.25\n")
+    generated = stack_cli.generated_values(root, fluent)
+    assert generated is not None
+    assert generated[1] == {"env": [{"name": "SERVESCOPE_LOG_INFO_SAMPLE_RATIO", "value": "0.25"}]}
+    (chart / "values.yaml").write_text("logging:\n  level: info\n")
+    with pytest.raises(stack_cli.StackError, match=r"has no 'logSampling\.infoRate'"):
+        stack_cli.generated_values(root, fluent)

@@ -1,9 +1,10 @@
 -- The checker's harness for advanced/02-log-sampling-filter (not the learner's file).
 --
---   luajit harness.lua FILTER.lua RECORDS.txt RESULTS.txt
+--   luajit harness.lua FILTER.lua RECORDS.txt RESULTS.txt [FUNCTION]
 --
 -- Loads the learner's filter the way Fluent Bit does (a script that defines a global
--- function, called by name: `sample`), then feeds it every record of RECORDS.txt: one
+-- function, called by name: `sample`, or FUNCTION; tests/logs/ runs the project's own
+-- deploy/fluent-bit/sampling.lua through this harness too), then feeds it every record of RECORDS.txt: one
 -- record per line, each a Lua table constructor {tag=..., ts=..., record={...}} written by
 -- check.py. For each record it calls sample(tag, ts, record) and writes one line to
 -- RESULTS.txt:
@@ -15,6 +16,7 @@
 -- line); 2 when the filter cannot be loaded or defines no `sample` function.
 
 local filter_path, records_path, results_path = arg[1], arg[2], arg[3]
+local function_name = arg[4] or "sample"
 
 local function one_line(text)
   return (tostring(text):gsub("[\r\n\t]+", " "))
@@ -66,9 +68,9 @@ if not ok then
   os.exit(2)
 end
 -- A global of the script; `_G.sample = ...` reaches the real global table instead.
-local sample = rawget(env, "sample") or rawget(_G, "sample")
+local sample = rawget(env, function_name) or rawget(_G, function_name)
 if type(sample) ~= "function" then
-  io.stderr:write("the filter defines no global function `sample`\n")
+  io.stderr:write("the filter defines no global function `" .. function_name .. "`\n")
   os.exit(2)
 end
 

@@ -137,6 +137,15 @@ def test_largest_allowed_batch_runs(client: TestClient, settings: Settings) -> N
     assert response.json()["outputs"][0]["shape"] == [settings.max_batch_size, 10]
 
 
+def test_an_empty_batch_answers_an_empty_output(client: TestClient) -> None:
+    """Found by a fuzzer: shape [0,1,8,8] with no data was a 500 from the drift window."""
+    response = client.post(INFER, json=request(np.zeros((0, 1, 8, 8), dtype=np.float32)))
+    assert response.status_code == 200, response.text
+    output = response.json()["outputs"][0]
+    assert (output["shape"], output["data"]) == ([0, 10], [])
+    assert client.get("/readyz").status_code == 200
+
+
 def test_versioned_infer_route(client: TestClient) -> None:
     ok = client.post(f"/v2/models/{NAME}/versions/1/infer", json=request(ONE))
     assert ok.status_code == 200

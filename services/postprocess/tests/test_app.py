@@ -239,3 +239,47 @@ def test_a_body_over_the_limit_is_413_before_parsing(client: TestClient) -> None
     )
     assert response.status_code == 413
     assert response.json()["kind"] == "body_too_large"
+
+
+def test_every_card_of_a_model_repository_answers_for_its_model(tmp_path: Path) -> None:
+    """Two models of a repository, each with its own labels and temperature, beside the
+    bundled card of model_cards."""
+    repo = tmp_path / "models"
+    for name, labels, temperature in [
+        ("letters", ["x", "y", "z"], 1.0),
+        ("colours", ["red", "green", "blue"], 0.5),
+    ]:
+        (repo / name).mkdir(parents=True)
+        _card(
+            repo / name / "model-card.json",
+            name=name,
+            labels=labels,
+            calibration={"temperature": temperature},
+        )
+    settings = Settings(model_cards=[CARD_PATH], model_repository=repo)
+    logits = [0.2, 2.0, 1.0]
+    with TestClient(create_app(settings, Health("p", "t"))) as client:
+        assert client.get("/readyz").status_code == 200
+        answers = {
+            name: client.post("/v1/postprocess", json={"model_name": name, "logits": logits})
+            for name in ("letters", "colours")
+        }
+        bundled = client.post(
+            "/v1/postprocess", json={"model_name": CARD["name"], "logits": LOGITS}
+        ).json()
+    letters, colours = answers["letters"].json(), answers["colours"].json()
+    assert (letters["label"], letters["calibrated"]) == ("y", False)
+    assert letters["confidence"] == pytest.approx(softmax(logits, 1.0)[1], abs=5e-7)
+    assert (colours["label"], colours["calibrated"]) == ("green", True)
+    assert colours["confidence"] == pytest.approx(softmax(logits, 0.5)[1], abs=5e-7)
+    assert bundled["label_source"] == "model_card"
+
+
+def test_a_model_repository_without_cards_makes_health_fatal(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    health = Health("postprocess", "test")
+    settings = Settings(model_cards=[CARD_PATH], model_repository=tmp_path / "models")
+    with TestClient(create_app(settings, health)) as client:
+        assert client.get("/readyz").status_code == 503
+    assert health.fatal is not None
+    assert "holds no" in health.fatal

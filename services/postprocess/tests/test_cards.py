@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from servescope.postprocess.cards import CardInfo, ModelCardError, load_card, load_cards
+from servescope.postprocess.cards import (
+    CardInfo,
+    ModelCardError,
+    load_card,
+    load_cards,
+    repository_cards,
+)
 
 BUNDLED = Path(__file__).resolve().parents[2] / "classifier" / "model" / "model-card.json"
 
@@ -67,3 +73,47 @@ def test_unusable_cards_raise_model_card_error_naming_the_file(
 def test_one_bad_card_fails_the_lot(tmp_path: Path) -> None:
     with pytest.raises(ModelCardError):
         load_cards([BUNDLED, tmp_path / "absent.json"])
+
+
+def _repository(root: Path, cards: dict[str, dict]) -> Path:
+    for name, fields in cards.items():
+        (root / name).mkdir(parents=True)
+        card = {"name": name, "version": "1", "labels": ["a", "b"], **fields}
+        (root / name / "model-card.json").write_text(json.dumps(card))
+    return root
+
+
+def test_a_repository_gives_one_card_per_model_directory(tmp_path: Path) -> None:
+    repo = _repository(tmp_path / "models", {"m-b": {}, "m-a": {}})
+    (repo / "notes.txt").write_text("not a model")
+    (repo / "empty-dir").mkdir()
+    paths = repository_cards(repo, max_models=2)
+    assert paths == [repo / "m-a" / "model-card.json", repo / "m-b" / "model-card.json"]
+    assert sorted(load_cards(paths)) == ["m-a", "m-b"]
+
+
+def test_a_repository_over_max_models_is_refused(tmp_path: Path) -> None:
+    repo = _repository(tmp_path, {"m1": {}, "m2": {}, "m3": {}})
+    with pytest.raises(ModelCardError, match="3 models, more than the 2"):
+        repository_cards(repo, max_models=2)
+
+
+@pytest.mark.parametrize("problem", ["absent", "empty"])
+def test_a_repository_without_cards_is_refused(tmp_path: Path, problem: str) -> None:
+    repo = tmp_path / "models"
+    if problem == "empty":
+        repo.mkdir()
+    with pytest.raises(ModelCardError) as caught:
+        repository_cards(repo, max_models=100)
+    assert str(repo) in str(caught.value)
+
+
+def test_two_different_cards_for_one_model_are_refused(tmp_path: Path) -> None:
+    repo = _repository(tmp_path, {"same": {}})
+    twin = tmp_path / "twin.json"
+    twin.write_text((repo / "same" / "model-card.json").read_text())
+    assert sorted(load_cards([twin, repo / "same" / "model-card.json"])) == ["same"]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"name": "same", "version": "2", "labels": ["a", "b"]}))
+    with pytest.raises(ModelCardError, match="differs from another card for same"):
+        load_cards([twin, other])

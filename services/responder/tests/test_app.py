@@ -107,10 +107,21 @@ def test_an_empty_alert_list_is_accepted_and_does_nothing(client: TestClient) ->
     [
         (b"not json", "invalid_json", "the body is not JSON"),
         (b"", "invalid_json", "the body is not JSON"),
-        (b'{"alerts": "no"}', "invalid_request", "`alerts` list"),
+        (b'{"alerts": "no"}', "invalid_request", "alerts: Input should be a valid list"),
         (b"[1, 2]", "invalid_request", "Alertmanager webhook payload"),
+        (b'{"alerts": [[null]]}', "invalid_request", "alerts.0: Input should be a valid dictionary"),
+        (b'{"alerts": [{"status": "maybe"}]}', "invalid_request", "alerts.0.status"),
+        (b'{"alerts": [{"labels": {"a": 1}}]}', "invalid_request", "alerts.0.labels.a"),
     ],
-    ids=["not-json", "empty", "alerts-not-a-list", "not-an-object"],
+    ids=[
+        "not-json",
+        "empty",
+        "alerts-not-a-list",
+        "not-an-object",
+        "alert-not-an-object",
+        "unknown-status",
+        "label-not-a-string",
+    ],
 )
 def test_what_is_not_a_webhook_is_a_400_that_says_why(
     client: TestClient, body: bytes, kind: str, says: str

@@ -111,6 +111,8 @@ keys; raw is the component's entry of servescope.components. */}}
 {{- if $img.registry }}{{ $repo = printf "%s/%s" $img.registry $repo }}{{ end -}}
 {{- if $img.digest -}}
 {{- printf "%s@%s" $repo $img.digest -}}
+{{- else if $img.requireDigest -}}
+{{- fail (printf "image %s has no digest, and image.requireDigest is on: set its component's image.digest to the sha256 digest your registry gave the pushed image (skaffold build prints it)" $repo) -}}
 {{- else -}}
 {{- printf "%s:%s" $repo (default $root.Chart.AppVersion $img.tag | toString) -}}
 {{- end -}}

@@ -91,6 +91,8 @@ class DriftMonitor:
     def update(self, inputs: np.ndarray, logits: np.ndarray) -> None:
         """Add a batch: inputs as the model saw them (normalised), logits as it answered."""
         batch = inputs.shape[0]
+        if batch == 0:
+            return  # an empty batch says nothing about the inputs (and cannot be reshaped)
         raw = inputs.reshape(batch, -1).astype(np.float64) * self.std + self.mean
         # Bin index per pixel; the small offset keeps pixel values that sit exactly on an
         # edge (k/10) in the upper bin despite float round trips, like numpy.histogram.

@@ -130,3 +130,35 @@ def model_metadata(model: LoadedModel) -> dict[str, Any]:
         # OIP allows extra fields; these carry the preprocessing hints and identity.
         "parameters": {**model.parameters, "sha256": model.sha256},
     }
+
+
+# The request as the OpenAPI document declares it (Open Inference Protocol v2, REST, JSON
+# tensors); `decode_inputs` holds the checks that go further (the model's shapes and types).
+_TENSOR: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "shape", "datatype", "data"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"enum": sorted(OIP_TO_NUMPY)},
+        "parameters": {"type": "object"},
+        "data": {"type": "array", "description": "Row-major, flat or nested."},
+    },
+}
+INFERENCE_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "inputs": {"type": "array", "minItems": 1, "items": _TENSOR},
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+            },
+        },
+    },
+}

@@ -26,6 +26,14 @@ class Settings(CommonSettings):
     drift_window: int = Field(
         100, ge=10, description="Inputs in the sliding drift window (recent traffic only)."
     )
+    model_repository: Path | None = Field(
+        None,
+        description="A model repository to serve besides the default model: a directory with "
+        "one sub-directory per model, <name>/model-card.json plus the ONNX file its 'file' "
+        "names (`servescope models build` writes one). Every model loads and warms up before "
+        "the classifier is ready; more than the telemetry contract's max_models refuses to "
+        "start. Unset: only the default model, as before.",
+    )
     model_name: str | None = Field(None, description="Overrides the name in the model file.")
     model_version: str | None = Field(None, description="Overrides the version in the file.")
     intra_op_threads: int = Field(

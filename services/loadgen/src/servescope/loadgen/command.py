@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from servescope.loadgen.popularity import DEFAULT_ZIPF_S, repository_models
 from servescope.loadgen.traffic import MIXES, LoadConfig, LoadResult, run_load
 
 
@@ -25,12 +26,41 @@ def add_arguments(parser: argparse.ArgumentParser, url: str = "http://127.0.0.1:
     parser.add_argument(
         "--heldout-dir", type=Path, help="the model's held-out digits (labels.csv and PNGs)"
     )
+    models = parser.add_mutually_exclusive_group()
+    models.add_argument(
+        "--models",
+        type=lambda text: [name for name in text.split(",") if name],
+        default=[],
+        help="comma-separated model names, most popular first: requests go to "
+        "/v1/models/NAME/predict (default: every request to /v1/predict, the default model)",
+    )
+    models.add_argument(
+        "--model-repository",
+        type=Path,
+        help="spread requests over every model of this model repository (sorted by name)",
+    )
+    parser.add_argument(
+        "--zipf-s",
+        type=float,
+        default=DEFAULT_ZIPF_S,
+        help="popularity skew over the models: the k-th gets a share of 1/k**s (0 = uniform)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if args.heldout_dir is None:
         print("error: --heldout-dir is required (the model's held-out digits)", file=sys.stderr)
         return 2
+    if args.zipf_s < 0:
+        print("error: --zipf-s must be >= 0", file=sys.stderr)
+        return 2
+    models: list[str] = args.models
+    if args.model_repository is not None:
+        try:
+            models = repository_models(args.model_repository)
+        except ValueError as exc:
+            print(f"error: --model-repository: {exc}", file=sys.stderr)
+            return 2
     config = LoadConfig(
         url=args.url,
         heldout_dir=args.heldout_dir,
@@ -41,11 +71,14 @@ def run(args: argparse.Namespace) -> int:
         mix=args.mix,
         bad_fraction=args.bad_fraction,
         seed=args.seed,
+        models=models,
+        zipf_s=args.zipf_s,
     )
     print(
         f"sending {config.mix} traffic to {config.url} at {config.rate}/s "
         + (f"for {config.duration:g} s" if config.duration else "until Ctrl-C")
-        + (f" (at most {config.requests} requests)" if config.requests else ""),
+        + (f" (at most {config.requests} requests)" if config.requests else "")
+        + (f" over {len(models)} models (Zipf s={config.zipf_s:g})" if models else ""),
         flush=True,
     )
     result = LoadResult()

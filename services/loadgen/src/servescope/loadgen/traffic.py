@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from servescope.loadgen.inputs import Sample, bad_samples, drift_samples, heldout_samples
+from servescope.loadgen.popularity import DEFAULT_ZIPF_S, ModelPicker
 
 MIXES = ("normal", "bad", "mixed", "drift")
 
@@ -37,6 +38,10 @@ class LoadConfig:
     bad_fraction: float = 0.1  # share of bad inputs in the "mixed" mix
     timeout: float = 10.0
     seed: int = 0
+    # Models to spread requests over (/v1/models/{name}/predict), most popular first, with
+    # a Zipf popularity of exponent zipf_s; none = every request to /v1/predict.
+    models: list[str] = field(default_factory=list)
+    zipf_s: float = DEFAULT_ZIPF_S
 
 
 @dataclass
@@ -48,6 +53,9 @@ class LoadResult:
     errors: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     elapsed: float = 0.0
+    by_model: Counter[str] = field(default_factory=Counter)  # requests sent, per model
+    correct_by_model: Counter[str] = field(default_factory=Counter)
+    labelled_by_model: Counter[str] = field(default_factory=Counter)
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else 0.0
@@ -65,6 +73,8 @@ class LoadResult:
                 f"accuracy on labelled digits: {self.correct}/{self.labelled} "
                 f"({self.correct / self.labelled:.3f})"
             )
+        if self.by_model:
+            lines.append(self._models_line())
         if self.errors:
             lines.append(
                 "errors by kind: "
@@ -72,18 +82,32 @@ class LoadResult:
             )
         return "\n".join(lines)
 
+    def _models_line(self, shown: int = 5) -> str:
+        def entry(name: str, count: int) -> str:
+            labelled = self.labelled_by_model[name]
+            accuracy = (
+                f", accuracy {self.correct_by_model[name] / labelled:.3f}" if labelled else ""
+            )
+            return f"{name} {count} ({count / self.sent:.1%}{accuracy})"
+
+        top = self.by_model.most_common()
+        line = f"requests by model ({len(top)} models): " + ", ".join(
+            entry(name, count) for name, count in top[:shown]
+        )
+        return line + (f", and {len(top) - shown} more" if len(top) > shown else "")
+
 
 def _samples(config: LoadConfig) -> itertools.cycle[Sample]:
-    rng = random.Random(config.seed)
+    rng = random.Random(config.seed)  # nosec B311 - a seeded traffic mix, not a secret
     normal = list(heldout_samples(config.heldout_dir))
-    bad = list(bad_samples())
     if config.mix == "normal":
         pool = normal
-    elif config.mix == "bad":
-        pool = bad
     elif config.mix == "drift":
         pool = list(drift_samples(config.heldout_dir, config.seed))
+    elif config.mix == "bad":
+        pool = list(bad_samples())  # seconds to make (the bomb): only for mixes that send them
     else:
+        bad = list(bad_samples())
         count = max(1, round(len(normal) * config.bad_fraction / (1 - config.bad_fraction)))
         pool = normal + [bad[i % len(bad)] for i in range(count)]
     rng.shuffle(pool)
@@ -91,12 +115,17 @@ def _samples(config: LoadConfig) -> itertools.cycle[Sample]:
 
 
 async def _one(
-    session: aiohttp.ClientSession, config: LoadConfig, sample: Sample, result: LoadResult
+    session: aiohttp.ClientSession,
+    config: LoadConfig,
+    sample: Sample,
+    result: LoadResult,
+    model: str | None = None,
 ) -> None:
+    route = "/v1/predict" if model is None else f"/v1/models/{model}/predict"
     started = time.perf_counter()
     try:
         async with session.post(
-            config.url.rstrip("/") + "/v1/predict",
+            config.url.rstrip("/") + route,
             data=sample.body,
             headers={"Content-Type": sample.content_type},
         ) as response:
@@ -117,8 +146,12 @@ async def _one(
     if status == 200:
         result.ok += 1
         if sample.label is not None:
+            right = answer.get("label") == sample.label
             result.labelled += 1
-            result.correct += answer.get("label") == sample.label
+            result.correct += right
+            if model is not None:
+                result.labelled_by_model[model] += 1
+                result.correct_by_model[model] += right
     else:
         kind = answer.get("kind", "unknown") if isinstance(answer, dict) else "unknown"
         result.errors[f"{status} {kind}"] += 1
@@ -144,6 +177,7 @@ async def run_load(
         raise ValueError(f"unknown mix {config.mix!r}; choose one of {', '.join(MIXES)}")
     result = result if result is not None else LoadResult()
     samples = _samples(config)
+    picker = ModelPicker(config.models, config.zipf_s, config.seed) if config.models else None
     limit = asyncio.Semaphore(config.concurrency)
     interval = 1.0 / config.rate
     started = time.monotonic()
@@ -151,9 +185,9 @@ async def run_load(
     report_every = 1.0 if progress is not None and progress.isatty() else 5.0
     next_report = started + report_every
 
-    async def guarded(sample: Sample) -> None:
+    async def guarded(sample: Sample, model: str | None) -> None:
         async with limit:
-            await _one(session, config, sample, result)
+            await _one(session, config, sample, result, model)
 
     timeout = aiohttp.ClientTimeout(total=config.timeout)
     connector = aiohttp.TCPConnector(limit=config.concurrency)
@@ -167,7 +201,10 @@ async def run_load(
                     break
                 # Schedule by the clock, not by sleeps, so the rate holds over time.
                 await asyncio.sleep(max(0.0, started + n * interval - now))
-                task = asyncio.create_task(guarded(next(samples)))
+                model = picker.pick() if picker else None
+                if model is not None:
+                    result.by_model[model] += 1
+                task = asyncio.create_task(guarded(next(samples), model))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 result.sent += 1

@@ -10,15 +10,16 @@ import numpy as np
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from servescope.postprocess.cards import CardInfo, ModelCardError, load_cards
+from servescope.postprocess.cards import CardInfo, ModelCardError, load_cards, repository_cards
 from servescope.postprocess.scoring import labels_for, score
 from servescope.postprocess.settings import Settings
 from servescope.runtime.bodies import read_body
 from servescope.runtime.errors import ServiceError
 from servescope.runtime.health import Health
 from servescope.runtime.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
+from servescope.runtime.openapi import errors, request_body
 from servescope.runtime.responses import JSONResponse
 from servescope.telemetry.metrics import ServiceMetrics
 from servescope.telemetry.pipeline import PIPELINE
@@ -31,6 +32,9 @@ log = structlog.get_logger()
 
 
 class PostprocessRequest(BaseModel):
+    # Strict: `true` is not a logit, nor "3" a top_k (found by schemathesis).
+    model_config = ConfigDict(strict=True)
+
     model_name: str = Field(max_length=200)
     model_version: str = Field("", max_length=100)
     logits: list[float] = Field(min_length=1, max_length=10_000)
@@ -47,7 +51,10 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
-            cards.update(load_cards(settings.model_cards))
+            paths = list(settings.model_cards)
+            if settings.model_repository is not None:
+                paths += repository_cards(settings.model_repository, metrics.contract.max_models)
+            cards.update(load_cards(paths))
         except ModelCardError as exc:
             log.error("model_card_load_failed", error=str(exc))
             health.fatal = str(exc)
@@ -66,7 +73,14 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         app, metrics, health, settings, fault_steps=PIPELINE.fault_steps("postprocess")
     )
 
-    @app.post("/v1/postprocess")
+    @app.post(
+        "/v1/postprocess",
+        responses=errors(413, 422, 500),
+        openapi_extra=request_body(
+            {"application/json": PostprocessRequest.model_json_schema()},
+            "A model's logits for one input, and how many classes to answer.",
+        ),
+    )
     async def postprocess(http_request: Request) -> Response:
         body = await read_body(http_request, settings.max_request_bytes, stage="postprocess")
         try:

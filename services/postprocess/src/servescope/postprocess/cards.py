@@ -39,5 +39,27 @@ def load_card(path: Path) -> CardInfo:
 
 
 def load_cards(paths: list[Path]) -> dict[str, CardInfo]:
-    cards = [load_card(path) for path in paths]
-    return {card.name: card for card in cards}
+    """The cards by model name; two different cards for one name are refused."""
+    cards: dict[str, CardInfo] = {}
+    for path in paths:
+        card = load_card(path)
+        if cards.get(card.name, card) != card:
+            raise ModelCardError(f"model card {path} differs from another card for {card.name}")
+        cards[card.name] = card
+    return cards
+
+
+def repository_cards(directory: Path, max_models: int) -> list[Path]:
+    """The card of every model in a model repository (`<directory>/<name>/model-card.json`),
+    at most `max_models` (the contract's bound on the model_name label)."""
+    if not directory.is_dir():
+        raise ModelCardError(f"model repository {directory} is not a directory")
+    paths = sorted(directory.glob("*/model-card.json"))
+    if not paths:
+        raise ModelCardError(f"model repository {directory} holds no <name>/model-card.json")
+    if len(paths) > max_models:
+        raise ModelCardError(
+            f"model repository {directory} holds {len(paths)} models, more than the "
+            f"{max_models} the telemetry contract allows (max_models)"
+        )
+    return paths

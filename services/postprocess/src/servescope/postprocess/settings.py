@@ -18,5 +18,10 @@ class Settings(CommonSettings):
         description="Model card JSON files (a JSON list in the environment); labels and the "
         "calibration temperature of each model come from its card.",
     )
+    model_repository: Path | None = Field(
+        None,
+        description="A model repository (one <name>/model-card.json per model): every card "
+        "in it is loaded too. Unset: only model_cards.",
+    )
     default_top_k: int = Field(3, ge=1, le=100)
     max_request_bytes: int = Field(1024 * 1024, ge=1024)

@@ -4,7 +4,8 @@ aiohttp rather than httpx: measured here, httpx spent 4-5x the CPU per call, and
 inter-service client is the largest cost on the request path. Every call has a total
 timeout; failures map to a status and a bounded kind that name the failing stage:
 unreachable -> 503 `<stage>_unavailable`, too slow -> 504 `<stage>_timeout`, a bad answer
--> 502 `<stage>_error`.
+-> 502 `<stage>_error`. A caller that knows what a 404 means (the classifier does not serve
+that model) passes the error to raise instead.
 """
 
 from __future__ import annotations
@@ -75,10 +76,12 @@ async def call(
     path: str,
     payload: Any = None,
     record: Recorder | None = None,
+    not_found: ServiceError | None = None,
 ) -> Any:
     """One JSON call with the endpoint's timeout; returns the decoded JSON answer.
 
-    Made inside a CLIENT span, whose context the request carries as `traceparent`.
+    Made inside a CLIENT span, whose context the request carries as `traceparent`. With
+    `not_found`, a 404 answer raises it (counted as outcome `error`: the peer said no).
     """
     started = time.perf_counter()
     url = endpoint.url(path)
@@ -103,9 +106,10 @@ async def call(
     )
     with scope as span:
         try:
-            answer = await _call(session, endpoint, method, url, payload)
+            answer = await _call(session, endpoint, method, url, payload, not_found)
         except ServiceError as exc:
-            outcome = exc.kind.removeprefix(f"{endpoint.stage}_")
+            prefix = f"{endpoint.stage}_"
+            outcome = exc.kind.removeprefix(prefix) if exc.kind.startswith(prefix) else "error"
             if record is not None:
                 record(outcome, time.perf_counter() - started)
             span.set_attribute("error.type", exc.kind)
@@ -122,6 +126,7 @@ async def _call(
     method: str,
     url: str,
     payload: Any,
+    not_found: ServiceError | None = None,
 ) -> Any:
     headers: dict[str, str] = {}
     propagate.inject(headers)  # W3C traceparent: the downstream joins the caller's trace
@@ -142,7 +147,11 @@ async def _call(
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             # Closed or reset (ECONNRESET) by a peer that is shutting down or restarting.
             if attempt == 2:
-                raise _failure(endpoint, 502, "error", "closed the connection mid-call") from exc
+                # Twice: the peer is going away (a crash, a restart), not answering badly.
+                # 503 tells the caller to retry, as for a peer that refuses connections.
+                raise _failure(
+                    endpoint, 503, "unavailable", "closed the connection mid-call"
+                ) from exc
         except TimeoutError as exc:
             raise _failure(
                 endpoint, 504, "timeout", f"did not answer within {endpoint.timeout.total} s"
@@ -151,6 +160,8 @@ async def _call(
             raise _failure(endpoint, 502, "error", f"call failed: {type(exc).__name__}") from exc
     if status == 503:
         raise _failure(endpoint, 503, "unavailable", "is not ready")
+    if status == 404 and not_found is not None:
+        raise not_found
     if status >= 400:
         detail = _downstream_message(body)
         raise _failure(

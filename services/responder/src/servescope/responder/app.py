@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from servescope.responder.notes import Busy, Responder
 from servescope.responder.settings import Settings
@@ -26,6 +27,7 @@ from servescope.runtime.bodies import read_body
 from servescope.runtime.errors import ServiceError
 from servescope.runtime.health import Health
 from servescope.runtime.instrument import FASTAPI_TELEMETRY_OFF, instrument_app
+from servescope.runtime.openapi import errors, request_body
 from servescope.runtime.responses import JSONResponse
 from servescope.telemetry.metrics import ServiceMetrics
 
@@ -35,20 +37,55 @@ log = structlog.get_logger()
 STAGE = "webhook"
 
 
+class _Alert(BaseModel):
+    """One alert of the webhook, as far as the responder reads it; other fields pass."""
+
+    model_config = ConfigDict(extra="allow", strict=True, populate_by_name=True)
+    status: Literal["firing", "resolved"] | None = None
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    starts_at: str | None = Field(None, alias="startsAt")
+    ends_at: str | None = Field(None, alias="endsAt")
+    generator_url: str | None = Field(None, alias="generatorURL")
+    fingerprint: str | None = None
+
+
+class Webhook(BaseModel):
+    """Alertmanager's webhook payload (version 4): checked here, declared in the OpenAPI."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    version: str | None = None
+    status: Literal["firing", "resolved"] | None = None
+    receiver: str | None = None
+    alerts: list[_Alert]
+
+
+WEBHOOK_BODY = request_body(
+    {"application/json": Webhook.model_json_schema(by_alias=True)},
+    "Alertmanager's webhook payload, version 4.",
+)
+
+
 def parse_webhook(body: bytes) -> dict[str, Any]:
     """The payload, or a 400 that says what is wrong with it (never echoing the body)."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ServiceError(400, "invalid_json", f"the body is not JSON: {exc}", STAGE) from exc
-    if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
+    try:
+        Webhook.model_validate(payload)
+    except ValidationError as exc:
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
+        )
         raise ServiceError(
             400,
             "invalid_request",
-            "expected an Alertmanager webhook payload (version 4): an object with an `alerts` list",
+            f"expected an Alertmanager webhook payload (version 4): {where}",
             STAGE,
-        )
-    return payload
+        ) from exc
+    result: dict[str, Any] = payload
+    return result
 
 
 def create_app(settings: Settings, health: Health) -> FastAPI:
@@ -100,7 +137,7 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
     token = settings.webhook_token.get_secret_value() if settings.webhook_token else None
     webhook = BearerToken(token, "alert webhooks") if token else None
 
-    @app.post("/alerts")
+    @app.post("/alerts", responses=errors(400, 401, 413), openapi_extra=WEBHOOK_BODY)
     async def alerts(request: Request) -> Response:
         if webhook is not None:
             webhook.check(request)  # before the body is read: a stranger costs no parsing
@@ -112,11 +149,11 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
             return JSONResponse(error.body(), status_code=503, headers={"retry-after": "5"})
         return JSONResponse({"accepted": accepted})
 
-    @app.get("/incidents")
+    @app.get("/incidents", responses=errors())
     async def incidents() -> Response:
         return JSONResponse(responder().incidents())
 
-    @app.get("/incidents/{incident_id}")
+    @app.get("/incidents/{incident_id}", responses=errors(404))
     async def incident(incident_id: str) -> Response:
         note = responder().note(incident_id)
         if note is None:

@@ -67,8 +67,14 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics | None = None) 
     reasons = metrics.contract.label_rules["reason"] if metrics else None
 
     def count(status: int, kind: str) -> None:
-        if rejected is not None and reasons is not None and status in _REJECTION_STATUSES:
+        if rejected is None or reasons is None:
+            return
+        if status in _REJECTION_STATUSES:
             rejected.labels(kind if reasons.allows(kind) else "invalid_request").inc()
+        elif status == 404 and reasons.allows(kind):
+            # A request naming a model that is not served (unknown_model) is a refused
+            # input; a path no route matches (not_found) is not.
+            rejected.labels(kind).inc()
 
     log = structlog.get_logger("servescope.errors")
 

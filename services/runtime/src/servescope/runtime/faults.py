@@ -70,7 +70,7 @@ log = structlog.get_logger("servescope.faults")
 
 def default_cache_dir() -> Path:
     """The shared-memory tmpfs (/dev/shm) when present and writable, else the temp dir."""
-    shm = Path("/dev/shm")  # noqa: S108 - tmpfs on purpose: unreclaimable page cache
+    shm = Path("/dev/shm")  # noqa: S108  # nosec B108 - tmpfs on purpose: unreclaimable pages
     if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
         return shm
     return Path(tempfile.gettempdir())
@@ -102,7 +102,7 @@ class Faults:
         self._cache_bytes = 0
         self._gauge = metrics.gauge("servescope_fault_value") if metrics else None
         self._counter = metrics.counter("servescope_fault_injections_total") if metrics else None
-        self._random = random.Random()
+        self._random = random.Random()  # nosec B311 - which requests a fault hits
         if self._gauge is not None:
             for kind in STEP_KINDS:
                 for step in steps:

@@ -69,6 +69,7 @@ class Contract:
     label_rules: dict[str, LabelRule]
     unmatched_route: str
     max_class_labels: int
+    max_models: int  # models one classifier serves: the bound on label model_name
     bucket_sets: dict[str, tuple[float, ...]]
     spans: tuple[SpanSpec, ...] = ()
     log_fields: dict[str, str] | None = None
@@ -158,6 +159,7 @@ def _parse(raw: dict[str, Any]) -> Contract:
         label_rules=rules,
         unmatched_route=raw["unmatched_route"],
         max_class_labels=int(raw["max_class_labels"]),
+        max_models=int(raw["max_models"]),
         bucket_sets=buckets,
         spans=_spans(raw.get("spans", []), pipeline),
         log_fields={str(k): " ".join(str(v).split()) for k, v in raw.get("log_fields", {}).items()},

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from servescope.cli import relabel
 from servescope.cli.paths import bundled_model_card, repo_root
 from servescope.cli.slo import render_repository_rules
 from servescope.cli.telemetry_docs import render_markdown
@@ -26,6 +27,14 @@ def generators(root: Path) -> dict[str, Callable[[], str]]:
         # The postprocess image's copy of the bundled model's card (labels, calibration), so
         # its Dockerfile copies from its own folder only; the classifier's is the source.
         "services/postprocess/model/model-card.json": bundled_model_card().read_text,
+        # Last: the cost profile reads the rules and dashboards above. Its drop rules and
+        # scrape limits, from the contract and every query the project runs; local mode, the
+        # chart and the remote-write values (written from it, so after it) read it.
+        str(relabel.SOURCE): relabel.render,
+        # Per-model histograms recorded over models (what the store upstream receives).
+        str(relabel.MODEL_RULES): relabel.render_model_rules,
+        # Remote write upstream with the same drops (off until a user adds the file).
+        str(relabel.REMOTE_WRITE_VALUES): relabel.render_remote_write,
     }
 
 

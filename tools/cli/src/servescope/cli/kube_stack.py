@@ -6,8 +6,11 @@ with subprocess from the repository root. `--dry-run` prints the exact commands 
 
 Files that other issues own are read where they live, never copied: Alertmanager's routes
 (deploy/alertmanager/alertmanager.yml) become `alertmanager.config` in a values file generated
-under .run/stack/, its templates and the Fluent Bit Lua filters (the `setFiles` globs of
-deploy/stack/stack.yaml; none exists yet) are passed with `--set-file`. Whatever does not exist yet is simply left out. A YAML file's
+under .run/stack/, its templates and the Fluent Bit Lua filter (the `setFiles` globs of
+deploy/stack/stack.yaml: deploy/fluent-bit/sampling.lua) are passed with `--set-file`, and a
+value another file declares becomes a chart's environment variable (`envFromFiles`: the app
+chart's logSampling.infoRate is the Lua filter's ratio). Whatever does not exist is simply
+left out. A YAML file's
 `replaceUrlPrefixes` turns local-mode addresses into in-cluster ones on the way (the
 responder's webhook URL: 127.0.0.1:9095 locally, the app chart's responder Service here), and
 its `set` / `prepend` / `append` put back what the target chart's own default would have had
@@ -53,6 +56,7 @@ class Release:
     yaml_files: tuple[dict[str, Any], ...] = ()
     set_files: tuple[dict[str, str], ...] = ()
     values_when_present: tuple[dict[str, str], ...] = ()
+    env_from_files: tuple[dict[str, str], ...] = ()
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -83,6 +87,7 @@ def load_stack(root: Path) -> Stack:
             yaml_files=tuple(r.get("yamlFiles", [])),
             set_files=tuple(r.get("setFiles", [])),
             values_when_present=tuple(r.get("valuesWhenPresent", [])),
+            env_from_files=tuple(r.get("envFromFiles", [])),
             services=dict(r.get("services", {})),
         )
         for r in raw["releases"]
@@ -166,9 +171,30 @@ def apply_overlay(content: Any, spec: Mapping[str, Any]) -> Any:
     return result
 
 
+def value_from_file(root: Path, spec: Mapping[str, str]) -> str | None:
+    """The value at dotted `key` of the YAML file `path` (an `envFromFiles` entry), as a
+    string, or None when the file does not exist; a missing key is an error, so a renamed
+    value cannot silently leave a chart on its own default."""
+    source = root / spec["path"]
+    if not source.is_file():
+        return None
+    node: Any = yaml.safe_load(source.read_text())
+    for part in spec["key"].split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise StackError(
+                f"{spec['path']} has no {spec['key']!r}, which {STACK_FILE} (envFromFiles) "
+                f"reads for {spec['name']}; update one of the two"
+            )
+        node = node[part]
+    if isinstance(node, dict | list) or node is None:
+        raise StackError(f"{spec['path']}: {spec['key']!r} is not a single value")
+    return str(node).lower() if isinstance(node, bool) else str(node)
+
+
 def generated_values(root: Path, release: Release) -> tuple[Path, dict[str, Any]] | None:
-    """The values built from YAML files owned elsewhere (e.g. Alertmanager routes), or None
-    when none of them exists yet. The path is relative to `root`.
+    """The values built from YAML files owned elsewhere (e.g. Alertmanager routes, the
+    environment from `envFromFiles`), or None when none of them exists. The path is relative
+    to `root`.
 
     A spec's `replaceUrlPrefixes` ({old: new}) rewrites the strings starting with `old`; a
     prefix that matches nothing is an error, so a changed source file cannot silently leave a
@@ -192,6 +218,13 @@ def generated_values(root: Path, release: Release) -> tuple[Path, dict[str, Any]
                 )
             content = apply_overlay(content, spec)
             _set_nested(values, spec["key"], content)
+    env = [
+        {"name": spec["name"], "value": value}
+        for spec in release.env_from_files
+        if (value := value_from_file(root, spec)) is not None
+    ]
+    if env:
+        values["env"] = env
     if not values:
         return None
     return GENERATED_DIR / f"{release.name}-generated.yaml", values

@@ -35,3 +35,8 @@ def bundled_model_card() -> Path:
 def heldout_dir() -> Path:
     """The bundled model's held-out digits: the traffic generator's normal inputs."""
     return bundled_model_dir() / "heldout"
+
+
+def model_repository_dir() -> Path:
+    """Where `servescope models build` writes a model repository by default (git-ignored)."""
+    return repo_root() / "build" / "models"

@@ -103,7 +103,9 @@ def render_markdown(contract: Contract | None = None) -> str:
         "## Label values",
         "",
         "Every label has a closed set of values or a pattern with a stated bound, so no request",
-        "can create new series.",
+        "can create new series. The bounds the notes below refer to: `max_class_labels` ="
+        f" {contract.max_class_labels}, `max_models` = {contract.max_models} (the models one"
+        " classifier serves, the default one included; it refuses to start with more).",
         "",
         "| label | values |",
         "|---|---|",

@@ -19,4 +19,5 @@ COMMANDS = (
     "generate",
     "bench",
     "lab",
+    "models",
 )

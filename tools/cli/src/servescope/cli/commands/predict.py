@@ -15,8 +15,10 @@ from servescope.cli.output import say as _say
 def cmd_predict(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
+    from urllib.parse import quote
 
     failures = 0
+    route = f"/v1/models/{quote(args.model, safe='')}/predict" if args.model else "/v1/predict"
     for path in args.images:
         try:
             data = Path(path).read_bytes()
@@ -26,7 +28,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
         request = urllib.request.Request(  # noqa: S310 (the user's own URL)
-            args.url.rstrip("/") + f"/v1/predict?top_k={args.top_k}",
+            args.url.rstrip("/") + f"{route}?top_k={args.top_k}",
             data=data,
             headers={"Content-Type": content_type},
             method="POST",
@@ -63,6 +65,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     predict.add_argument("images", nargs="+")
     predict.add_argument("--url", default=f"http://127.0.0.1:{DEFAULT_PORTS['preprocess']}")
     predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument(
+        "--model", help="a model of the served repository (default: the default model)"
+    )
     predict.add_argument("--timeout", type=float, default=10.0)
     predict.add_argument("--json", action="store_true", help="print the raw JSON answers")
     predict.set_defaults(func=cmd_predict)

@@ -15,6 +15,7 @@ from servescope.cli.local.session import (
     DEFAULT_EXPORTER_PORT,
     DEFAULT_PROMETHEUS_PORT,
     LocalSession,
+    ensure_model_repository,
     parse_fault,
 )
 from servescope.cli.local.viewers import DEFAULT_GRAFANA_PORT
@@ -37,6 +38,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         exporter_port=args.port_exporter,
         grafana_port=args.port_grafana if args.grafana else None,
         jaeger=args.jaeger,
+        model_repository=args.model_repository,
     )
     # A SIGTERM while starting must still stop what has started (start() cleans up on any
     # exception), so it interrupts like Ctrl-C until the steady-state handler takes over.
@@ -45,6 +47,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         for spec in args.fault:
             parse_fault(spec)
         session.limits = parse_limits(args.limit)
+        if args.models is not None:
+            session.model_repository = ensure_model_repository(args.models, say=say)
         say(f"starting classifier, postprocess and preprocess (logs in {args.run_dir}/) ...")
         started = time.monotonic()
         session.start(timeout=args.timeout)
@@ -105,6 +109,7 @@ def summary(session: LocalSession, args: argparse.Namespace) -> list[tuple[str, 
             f"POST {session.stack.url}/v1/predict  (image/png, image/jpeg or a form upload)",
         ),
         ("classifier", f"{services['classifier'].url}/v2/models/digits-cnn  (OIP v2)"),
+        *_models_row(session),
         ("postprocess", f"{services['postprocess'].url}/v1/postprocess"),
         ("metrics", ", ".join(f"{s.url}/metrics" for s in services.values())),
     ]
@@ -144,10 +149,27 @@ def summary(session: LocalSession, args: argparse.Namespace) -> list[tuple[str, 
     rows.append(("traces", f"{args.run_dir}/traces/  (servescope trace --slowest 3)"))
     rows.append(("logs", f"{args.run_dir}/<service>.log  (JSON lines; grep a trace id)"))
     if session.traffic:
+        spread = " over the models (Zipf popularity)" if session.model_repository else ""
         rows.append(
-            ("traffic", f"{args.rate:g}/s digits with 10% bad inputs ({args.run_dir}/loadgen.log)")
+            (
+                "traffic",
+                f"{args.rate:g}/s digits with 10% bad inputs{spread} ({args.run_dir}/loadgen.log)",
+            )
         )
     return rows
+
+
+def _models_row(session: LocalSession) -> list[tuple[str, str]]:
+    repository = session.model_repository
+    if repository is None or session.stack is None:
+        return []
+    count = len(list(repository.glob("*/model-card.json")))
+    return [
+        (
+            "models",
+            f"POST {session.stack.url}/v1/models/NAME/predict  ({count} models of {repository})",
+        )
+    ]
 
 
 def _url(session: LocalSession) -> str:
@@ -225,6 +247,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         default=DEFAULT_EXPORTER_PORT,
         help="local cAdvisor and kube-state-metrics series",
+    )
+    models = up.add_mutually_exclusive_group()
+    models.add_argument(
+        "--model-repository",
+        type=Path,
+        metavar="DIR",
+        help="also serve every model of this model repository (`servescope models build`), "
+        "each at /v1/models/NAME/predict; the traffic spreads over them",
+    )
+    models.add_argument(
+        "--models",
+        type=int,
+        metavar="N",
+        help="serve N models: the repository in build/models, built first (seconds) when it "
+        "does not hold N",
     )
     up.add_argument("--rate", type=float, default=2.0, help="traffic per second; 0 for none")
     up.add_argument("--run-dir", default=".run", help="where process logs go")

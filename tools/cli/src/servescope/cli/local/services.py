@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from servescope.cli import relabel
 from servescope.cli.local.process import LocalStackError as LocalStackError
 from servescope.cli.local.process import ManagedProcess, http_get, port_is_free
 from servescope.cli.local.process import free_port as free_port  # the stack's callers use both
@@ -26,6 +27,8 @@ from servescope.cli.paths import bundled_model, bundled_model_card, repo_root
 # Start order: the edge last, so it finds its downstreams already listening.
 SERVICES = ("classifier", "postprocess", "preprocess")
 DEFAULT_PORTS = {"preprocess": 8000, "classifier": 8001, "postprocess": 8002}
+# The services that read SERVESCOPE_MODEL_REPOSITORY; the edge learns models from the classifier.
+MODEL_REPOSITORY_READERS = ("classifier", "postprocess")
 
 
 class ServiceProcess(ManagedProcess):
@@ -34,6 +37,10 @@ class ServiceProcess(ManagedProcess):
     def command(self) -> list[str]:
         return [sys.executable, "-m", f"servescope.{self.name}"]
 
+
+# The scrape jobs the cost profile cuts: the app's. Prometheus's own and the exporter's
+# series are what `servescope cost` measures with, and Kubernetes scrapes them elsewhere.
+COST_PROFILE_JOBS = relabel.APP_JOBS
 
 PROMETHEUS_INSTALL_HINT = (
     "Prometheus is not installed, so local mode runs without it. On Debian or Ubuntu: "
@@ -48,12 +55,16 @@ def prometheus_config(
     alertmanager_port: int | None = None,
     responder_port: int | None = None,
     exporter_port: int | None = None,
+    cost_profile: bool = False,
 ) -> dict[str, Any]:
     """deploy/local/prometheus.yml with the targets moved to the ports actually used.
 
     With `alertmanager_port`, alerts go to the Alertmanager on that port of 127.0.0.1; with
     `responder_port`, the responder is scraped too; with `exporter_port`, local mode's
     cAdvisor and kube-state-metrics exporter (jobs `kubelet` and `kube-state-metrics`).
+    With `cost_profile`, the services' jobs drop what nothing reads and refuse a scrape over
+    the limits (deploy/prometheus/cost-profile.yml, the chart's ServiceMonitor's too);
+    without it every series is kept, as the labs expect.
     """
     source = repo_root() / "deploy" / "local" / "prometheus.yml"
     config: dict[str, Any] = yaml.safe_load(source.read_text())
@@ -72,6 +83,11 @@ def prometheus_config(
         port = ports[job["job_name"]]
         for static in job["static_configs"]:
             static["targets"] = [f"127.0.0.1:{port}"]
+    if cost_profile:
+        profile = relabel.load()
+        for job in config["scrape_configs"]:
+            if job["job_name"] in COST_PROFILE_JOBS:
+                relabel.apply(job, profile)
     if alertmanager_port is not None:
         for alertmanager in config.get("alerting", {}).get("alertmanagers", []):
             for static in alertmanager.get("static_configs", []):
@@ -140,6 +156,8 @@ class LocalStack:
     run_dir: Path = field(default_factory=lambda: Path(".run"))
     # Extra environment per service (or "*" for all), e.g. a second model for the classifier.
     env: dict[str, dict[str, str]] = field(default_factory=dict)
+    # A model repository (`servescope models build`) served beside the bundled model.
+    model_repository: Path | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -154,10 +172,17 @@ class LocalStack:
                 # Services never look for the repository: local mode passes the model in.
                 "SERVESCOPE_MODEL_PATH": str(bundled_model()),
                 "SERVESCOPE_MODEL_CARDS": json.dumps([str(bundled_model_card())]),
+                **self._repository_env(name),
                 **self.env.get("*", {}),
                 **self.env.get(name, {}),
             }
             self.services[name] = ServiceProcess(name, self.ports[name], self.run_dir, env)
+
+    def _repository_env(self, name: str) -> dict[str, str]:
+        """The classifier serves every model of the repository, postprocess reads its cards."""
+        if self.model_repository is None or name not in MODEL_REPOSITORY_READERS:
+            return {}
+        return {"SERVESCOPE_MODEL_REPOSITORY": str(self.model_repository.resolve())}
 
     @property
     def url(self) -> str:

@@ -9,6 +9,7 @@ skipped with one line that says how to get it.
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from servescope.cli.local.services import (
 )
 from servescope.cli.local.supervisor import BACKOFF_BASE_SECONDS
 from servescope.cli.local.viewers import DEFAULT_GRAFANA_PORT, LocalViewers
-from servescope.cli.paths import heldout_dir, repo_root
+from servescope.cli.paths import heldout_dir, model_repository_dir, repo_root
 from servescope.telemetry.faultspec import KINDS, FaultSpecError
 from servescope.telemetry.faultspec import parse as parse_fault_spec
 from servescope.telemetry.pipeline import PIPELINE
@@ -42,13 +43,22 @@ DEFAULT_EXPORTER_PORT = 9096
 
 
 class TrafficProcess(ManagedProcess):
-    """The traffic generator (`python -m servescope.loadgen`) at a gentle, endless rate."""
+    """The traffic generator (`python -m servescope.loadgen`) at a gentle, endless rate;
+    with a model repository, spread over its models with a Zipf popularity."""
 
-    def __init__(self, run_dir: Path, url: str, rate: float, mix: str = "mixed") -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        url: str,
+        rate: float,
+        mix: str = "mixed",
+        model_repository: Path | None = None,
+    ) -> None:
         super().__init__("loadgen", 0, run_dir)
         self.target = url
         self.rate = rate
         self.mix = mix
+        self.model_repository = model_repository
 
     def command(self) -> list[str]:
         return [
@@ -60,7 +70,33 @@ class TrafficProcess(ManagedProcess):
             f"--rate={self.rate:g}",
             "--duration=0",
             f"--mix={self.mix}",
-        ]
+        ] + (
+            [f"--model-repository={self.model_repository.resolve()}"]
+            if self.model_repository is not None
+            else []
+        )
+
+
+def ensure_model_repository(
+    count: int, directory: Path | None = None, say: Callable[[str], None] = print
+) -> Path:
+    """A model repository of `count` models at `directory` (default: build/models): the one
+    there when its index says it holds `count`, else built by `servescope models build`
+    (reproducible, seconds)."""
+    from servescope.cli.model_repository import INDEX, BuildError, build_repository  # lazily
+
+    directory = directory or model_repository_dir()
+    try:
+        if json.loads((directory / INDEX).read_text())["count"] == count:
+            return directory
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none there, or not a complete one: build it
+    say(f"building {count} models into {directory} (servescope models build) ...")
+    try:
+        build_repository(directory, count)
+    except BuildError as exc:
+        raise LocalStackError(f"cannot build the model repository: {exc}") from exc
+    return directory
 
 
 FAULT_FORM = (
@@ -112,6 +148,11 @@ class LocalSession:
     grafana_port: int | None = DEFAULT_GRAFANA_PORT  # None: no Grafana (local/viewers.py)
     jaeger: bool = True  # Jaeger all-in-one when its binary is on PATH
     viewers: LocalViewers | None = None
+    # A model repository to serve beside the bundled model (classifier and postprocess), its
+    # models the traffic's targets; None: the bundled model alone.
+    model_repository: Path | None = None
+    # Prometheus with the cost profile's relabel rules and limits (`servescope cost`).
+    cost_profile: bool = False
 
     stack: LocalStack | None = None
     prometheus: PrometheusProcess | None = None
@@ -155,14 +196,21 @@ class LocalSession:
         self.viewers = LocalViewers(
             self.run_dir, repo_root(), grafana_port=self.grafana_port, jaeger=self.jaeger
         )
-        self.stack = LocalStack(ports=self.ports, run_dir=self.run_dir, env={})
+        self.stack = LocalStack(
+            ports=self.ports, run_dir=self.run_dir, env={}, model_repository=self.model_repository
+        )
         self.stack.check_ports()
         # Fresh logs for each run, so what a learner reads is this run's story.
         for old in [*self.run_dir.glob("*.log"), *self.run_dir.glob("traces/*.jsonl")]:
             old.unlink()
         self.viewers.start_jaeger()  # before the services, which export to it
         try:
-            self.stack = LocalStack(ports=self.ports, run_dir=self.run_dir, env=self.service_env())
+            self.stack = LocalStack(
+                ports=self.ports,
+                run_dir=self.run_dir,
+                env=self.service_env(),
+                model_repository=self.model_repository,
+            )
             self.containers = ContainerRuntime(
                 self.stack.services,
                 limits=self.limits,
@@ -189,7 +237,9 @@ class LocalSession:
             self.viewers.start_grafana(self.prometheus.url if self.prometheus else None)
             self.notes += self.viewers.notes
             if self.rate > 0:
-                self.traffic = TrafficProcess(self.run_dir, self.stack.url, self.rate)
+                self.traffic = TrafficProcess(
+                    self.run_dir, self.stack.url, self.rate, model_repository=self.model_repository
+                )
                 self.traffic.launch()
         except BaseException:
             self.stop()
@@ -224,6 +274,7 @@ class LocalSession:
             exporter_port=self.containers.exporter.port
             if self.containers and self.containers.exporter
             else None,
+            cost_profile=self.cost_profile,
         )
         if self.alerting is None:
             config.pop("alerting", None)
