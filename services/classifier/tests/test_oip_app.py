@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -336,3 +337,57 @@ def test_unloadable_model_marks_health_fatal(tmp_path: Path) -> None:
         assert not_loaded.status_code == 503
         assert not_loaded.json()["kind"] == "model_not_ready"
         assert client.get(f"/v2/models/{NAME}").status_code == 503
+
+
+def _tensor(**overrides: object) -> bytes:
+    tensor = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
+    return orjson.dumps({"inputs": [{**tensor, **overrides}]})
+
+
+def _raw(first: str) -> bytes:
+    head = '{"inputs":[{"name":"input","shape":[1,1,8,8],"datatype":"FP32","data":['
+    return (head + first + ",0" * 63 + "]}]}").encode()
+
+
+HOSTILE = {
+    "a huge shape with little data": (
+        _tensor(shape=[10**9, 1, 8, 8], data=[1, 2]),
+        "batch_too_large",
+    ),
+    "a shape of 2^62 elements": (_tensor(shape=[2**31, 2**31, 8, 8], data=[1]), "invalid_tensor"),
+    "shape and data disagreeing": (_tensor(shape=[2, 1, 8, 8]), "invalid_tensor"),
+    "NaN": (_raw("NaN"), "invalid_json"),
+    "a number past float64": (_raw("1e400"), "invalid_json"),
+    "a number past float32": (_raw("1e39"), "invalid_tensor"),
+    "a wrong datatype": (_tensor(datatype="BYTES", data=["a"] * 64), "invalid_tensor"),
+    "strings for numbers": (_tensor(data=["a"] * 64), "invalid_tensor"),
+    "ragged nesting": (_tensor(data=[[0] * 63, [0, [0]]]), "invalid_tensor"),
+    "JSON nested 100,000 deep": (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_a_hostile_tensor_is_a_counted_400_that_allocates_nothing_it_claims(
+    client: TestClient, case: str
+) -> None:
+    """Each gets a clear 400 and is counted; none allocates in proportion to what it claims
+    (the 10^9 x 64 floats claimed would be 256 GB)."""
+    body, kind = HOSTILE[case]
+
+    def rejected() -> float:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith(f'servescope_rejected_inputs_total{{reason="{kind}"}} '):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = rejected()
+    tracemalloc.start()
+    try:
+        response = client.post(INFER, content=body, headers={"content-type": "application/json"})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 400, response.text
+    assert response.json()["kind"] == kind
+    assert rejected() == before + 1
+    assert peak < 32 * 2**20, f"{case}: {peak / 2**20:.0f} MiB allocated"

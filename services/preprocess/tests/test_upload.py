@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from servescope.preprocess.upload import extract_image
+from servescope.preprocess.upload import MAX_PARTS, extract_image
 from servescope.runtime.errors import ServiceError
 
 HELDOUT = Path(__file__).resolve().parents[2] / "classifier" / "model" / "heldout"
@@ -134,3 +134,16 @@ def test_multipart_file_of_another_type_is_415(part_type: str) -> None:
     err = refused(multipart(file_part(PNG, content_type=part_type)), MULTIPART)
     assert (err.status, err.kind) == (415, "unsupported_media_type")
     assert part_type in err.message
+
+
+def test_thousands_of_tiny_parts_are_refused_before_they_are_parsed() -> None:
+    """20,000 parts in a 1 MB body took 0.2 s of the event loop to parse in full."""
+    field = b'--xyz\r\nContent-Disposition: form-data; name="a"\r\n\r\nv\r\n'
+    body = field * 20_000 + b'--xyz\r\nContent-Disposition: form-data; name="f"; filename="d.png"'
+    body += b"\r\nContent-Type: image/png\r\n\r\nPNG\r\n--xyz--\r\n"
+    with pytest.raises(ServiceError) as refused:
+        extract_image(body, "multipart/form-data; boundary=xyz")
+    assert (refused.value.status, refused.value.kind) == (422, "invalid_multipart")
+    assert f"more than {MAX_PARTS} parts" in refused.value.message
+    few = field * (MAX_PARTS - 1) + body[-(len(body) - len(field) * 20_000) :]
+    assert extract_image(few, "multipart/form-data; boundary=xyz") == b"PNG"
