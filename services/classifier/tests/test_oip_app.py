@@ -252,7 +252,7 @@ def test_server_metadata(client: TestClient, settings: Settings) -> None:
     body = response.json()
     assert body["name"] == "servescope-classifier"
     assert body["version"] == settings.version
-    assert body["extensions"] == []
+    assert body["extensions"] == ["binary_tensor_data"]
 
 
 def test_server_live_and_ready(client: TestClient) -> None:
@@ -339,7 +339,7 @@ def test_unloadable_model_marks_health_fatal(tmp_path: Path) -> None:
         assert client.get(f"/v2/models/{NAME}").status_code == 503
 
 
-def _tensor(**overrides: object) -> bytes:
+def _hostile(**overrides: object) -> bytes:
     tensor = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
     return orjson.dumps({"inputs": [{**tensor, **overrides}]})
 
@@ -351,17 +351,17 @@ def _raw(first: str) -> bytes:
 
 HOSTILE = {
     "a huge shape with little data": (
-        _tensor(shape=[10**9, 1, 8, 8], data=[1, 2]),
+        _hostile(shape=[10**9, 1, 8, 8], data=[1, 2]),
         "batch_too_large",
     ),
-    "a shape of 2^62 elements": (_tensor(shape=[2**31, 2**31, 8, 8], data=[1]), "invalid_tensor"),
-    "shape and data disagreeing": (_tensor(shape=[2, 1, 8, 8]), "invalid_tensor"),
+    "a shape of 2^62 elements": (_hostile(shape=[2**31, 2**31, 8, 8], data=[1]), "invalid_tensor"),
+    "shape and data disagreeing": (_hostile(shape=[2, 1, 8, 8]), "invalid_tensor"),
     "NaN": (_raw("NaN"), "invalid_json"),
     "a number past float64": (_raw("1e400"), "invalid_json"),
     "a number past float32": (_raw("1e39"), "invalid_tensor"),
-    "a wrong datatype": (_tensor(datatype="BYTES", data=["a"] * 64), "invalid_tensor"),
-    "strings for numbers": (_tensor(data=["a"] * 64), "invalid_tensor"),
-    "ragged nesting": (_tensor(data=[[0] * 63, [0, [0]]]), "invalid_tensor"),
+    "a wrong datatype": (_hostile(datatype="BYTES", data=["a"] * 64), "invalid_tensor"),
+    "strings for numbers": (_hostile(data=["a"] * 64), "invalid_tensor"),
+    "ragged nesting": (_hostile(data=[[0] * 63, [0, [0]]]), "invalid_tensor"),
     "JSON nested 100,000 deep": (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
 }
 
@@ -391,3 +391,72 @@ def test_a_hostile_tensor_is_a_counted_400_that_allocates_nothing_it_claims(
     assert response.json()["kind"] == kind
     assert rejected() == before + 1
     assert peak < 32 * 2**20, f"{case}: {peak / 2**20:.0f} MiB allocated"
+
+
+def _binary_request(batch: np.ndarray, **parameters: object) -> tuple[bytes, dict[str, str]]:
+    raw = batch.astype("<f4").tobytes()
+    head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(batch.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            **parameters,
+        }
+    )
+    headers = {"inference-header-content-length": str(len(head))}
+    return head + raw, headers
+
+
+def test_binary_tensor_data_in_and_out_matches_json(client: TestClient) -> None:
+    batch, labels = three_heldout_digits()
+    as_json = client.post(INFER, json=request(batch)).json()["outputs"][0]["data"]
+    body, headers = _binary_request(batch)
+    answered = client.post(INFER, content=body, headers=headers)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["outputs"][0]["data"] == pytest.approx(as_json)
+
+    body, headers = _binary_request(
+        batch, outputs=[{"name": "logits", "parameters": {"binary_data": True}}]
+    )
+    answered = client.post(INFER, content=body, headers=headers)
+    assert answered.status_code == 200, answered.text
+    assert answered.headers["content-type"] == "application/octet-stream"
+    length = int(answered.headers["inference-header-content-length"])
+    head = orjson.loads(answered.content[:length])
+    (output,) = head["outputs"]
+    assert "data" not in output and output["shape"] == [3, 10]
+    assert output["parameters"]["binary_data_size"] == 3 * 10 * 4
+    logits = np.frombuffer(answered.content[length:], dtype="<f4").reshape(3, 10)
+    assert logits.ravel().tolist() == pytest.approx(as_json)
+    assert list(logits.argmax(axis=1)) == labels
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"inference-header-content-length": "99999"}, "outside a body"),
+        ({"inference-header-content-length": "x"}, "whole number of bytes"),
+        ({"tail": b"\x00" * 4}, "binary bytes after the last binary input"),
+        ({"tail": -4}, "binary_data_size 256"),
+    ],
+    ids=["header-past-the-body", "header-not-a-number", "bytes-left-over", "bytes-missing"],
+)
+def test_binary_tensor_data_that_does_not_add_up_is_a_400(
+    client: TestClient, change: dict[str, object], says: str
+) -> None:
+    body, headers = _binary_request(np.zeros((1, 1, 8, 8), dtype=np.float32))
+    tail = change.pop("tail", None)
+    if isinstance(tail, bytes):
+        body += tail
+    elif isinstance(tail, int):
+        body = body[:tail]
+    headers.update({k: str(v) for k, v in change.items()})
+    answered = client.post(INFER, content=body, headers=headers)
+    assert answered.status_code == 400, answered.text
+    assert answered.json()["kind"] == "invalid_tensor"
+    assert says in answered.json()["error"]

@@ -225,7 +225,11 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
     @app.get("/v2")
     async def server_metadata() -> Response:
         return JSONResponse(
-            {"name": "servescope-classifier", "version": settings.version, "extensions": []}
+            {
+                "name": "servescope-classifier",
+                "version": settings.version,
+                "extensions": [oip.BINARY_EXTENSION],
+            }
         )
 
     @app.get("/v2/health/live")
@@ -264,8 +268,9 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         model = state.get(name, version)
         structlog.contextvars.bind_contextvars(model_name=model.name, model_version=model.version)
         body = await read_body(request, settings.max_request_bytes, stage="infer")
-        payload = oip.parse_request(body)
-        feeds = oip.decode_inputs(payload, model, settings.max_batch_size)
+        head, binary = oip.split_binary(body, request.headers.get(oip.BINARY_HEADER))
+        payload = oip.parse_request(head)
+        feeds = oip.decode_inputs(payload, model, settings.max_batch_size, binary)
         names = oip.requested_outputs(payload, model)
         first = next(iter(feeds.values()))
         with step_span(INFER.span) as span:
@@ -296,10 +301,17 @@ def create_app(settings: Settings, health: Health) -> FastAPI:
         ):
             state.drift.update(first, arrays[0])
         request_id = payload.get("id")
-        return JSONResponse(
-            oip.encode_response(
-                model, request_id if isinstance(request_id, str) else None, names, arrays
-            )
+        answer = oip.encode_response(
+            model, request_id if isinstance(request_id, str) else None, names, arrays
+        )
+        binary_outputs = oip.binary_outputs(payload, names)
+        if not binary_outputs:
+            return JSONResponse(answer)
+        content, head_length = oip.encode_binary(answer, binary_outputs)
+        return Response(
+            content,
+            media_type="application/octet-stream",
+            headers={oip.BINARY_HEADER: str(head_length)},
         )
 
     return app

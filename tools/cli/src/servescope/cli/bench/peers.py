@@ -175,15 +175,21 @@ def install_peer(
         shutil.rmtree(venv, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
         with log.open("w") as out:
+            uv = os.environ.get("UV") or shutil.which("uv")
+            # uv when there is one: it installs kserve in seconds, and pip in minutes.
+            create = [uv, "venv", "--quiet", "--no-config"] if uv else list(VENV_COMMAND)
             subprocess.run(
-                [*VENV_COMMAND, str(venv)],
+                [*create, str(venv)],
                 check=True,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 timeout=timeout,
             )
             python = str(venv / "bin" / "python")
-            command = pip_command or [python, "-m", "pip", "install", "--quiet"]
+            installer = (
+                [uv, "pip", "install", "--quiet", "--no-config", "--python", python] if uv else None
+            )
+            command = pip_command or installer or [python, "-m", "pip", "install", "--quiet"]
             subprocess.run(
                 [*command, *spec.requirements],
                 check=True,
