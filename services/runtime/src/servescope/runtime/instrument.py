@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
+from servescope.runtime.admission import Admission
 from servescope.runtime.errors import install_error_handlers
 from servescope.runtime.faults import CountRequests, Faults, add_admin_routes
 from servescope.runtime.health import Health, add_health_routes
-from servescope.runtime.overload import ConcurrencyLimit
 from servescope.runtime.settings import CommonSettings
 from servescope.telemetry.faultspec import make, parse_list
 from servescope.telemetry.logging import bind_log_metrics
@@ -63,10 +63,13 @@ def instrument_app(
     add_health_routes(app, health)
     add_metrics_route(app, metrics)
     metrics.gauge("servescope_ready").set_function(lambda: 1.0 if health.ready else 0.0)
-    if settings.max_concurrent_requests:
-        # Inside the telemetry layer: a shed request is still a 503 in the HTTP metrics.
-        shed = metrics.counter("servescope_requests_shed_total")
-        app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests, shed=shed)
+    # Inside the telemetry layer: a refused request is still a 431 or 503 in the HTTP metrics.
+    app.add_middleware(
+        Admission,
+        limit=settings.max_concurrent_requests,
+        shed=metrics.counter("servescope_requests_shed_total"),
+        rejected=metrics.counter("servescope_rejected_inputs_total"),
+    )
     if settings.telemetry_enabled:
         app.add_middleware(HTTPTelemetryMiddleware, metrics=metrics)
     return faults

@@ -28,6 +28,7 @@ _MEANING = {
     413: "The body is over the service's limit.",
     415: "A media type the route does not take.",
     422: "A well-formed request with a value the service cannot use.",
+    431: "The request's headers are over the service's bound.",
     500: "A fault injected for a lab (never otherwise: a bug).",
     502: "A service behind this one answered badly.",
     503: "Not ready, at its limit of requests in flight (Retry-After), or a service behind "
@@ -35,8 +36,9 @@ _MEANING = {
     504: "A service behind this one did not answer in time.",
 }
 
-# What any traffic route can answer besides its own errors: shed under load, or not ready.
-ALWAYS = (503,)
+# What any route can answer besides its own errors: headers refused, shed under load or not
+# ready (servescope.runtime.admission).
+ALWAYS = (431, 503)
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
