@@ -40,7 +40,7 @@ objective: 99
 description: 99% of successful predictions within {threshold}.
 latency:
   metric: http_server_request_duration_seconds
-  selector: 'job="preprocess", http_route="/v1/predict", http_response_status_code=~"2.."'
+  selector: 'job="preprocess", http_route=~"/v1/predict|/v1/models/[^/]+/predict", http_response_status_code=~"2.."'
   threshold: {threshold}
 """
 

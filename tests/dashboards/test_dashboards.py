@@ -280,4 +280,4 @@ def test_the_cost_dashboard_shows_series_and_samples_by_model_and_metric() -> No
     assert any("scrape_samples_post_metric_relabeling" in e for e in exposed_and_kept)
     assert any("count by (__name__)" in e for e in exprs["Series by metric (top 10)"])
     assert any("by (model_name)" in e for e in exprs["Series per model (top 15)"])
-    assert any("count_over_time" in e for e in exprs["Samples per second by model (top 10)"])
+    assert any("by (model_name)" in e for e in exprs["Samples per second by model (top 10)"])

@@ -94,6 +94,11 @@ class LabCLI:
         record = self.store.running() or {}
         return [(int(p["pid"]), p.get("start_time")) for p in record.get("processes", [])]
 
+    def logs(self) -> dict[int, str]:
+        """Each recorded process's log path, by PID."""
+        record = self.store.running() or {}
+        return {int(p["pid"]): p.get("log") or "" for p in record.get("processes", [])}
+
     def ports(self) -> range:
         return range(self.port_base, self.port_base + 6)
 

@@ -109,7 +109,11 @@ def test_an_empty_alert_list_is_accepted_and_does_nothing(client: TestClient) ->
         (b"", "invalid_json", "the body is not JSON"),
         (b'{"alerts": "no"}', "invalid_request", "alerts: Input should be a valid list"),
         (b"[1, 2]", "invalid_request", "Alertmanager webhook payload"),
-        (b'{"alerts": [[null]]}', "invalid_request", "alerts.0: Input should be a valid dictionary"),
+        (
+            b'{"alerts": [[null]]}',
+            "invalid_request",
+            "alerts.0: Input should be a valid dictionary",
+        ),
         (b'{"alerts": [{"status": "maybe"}]}', "invalid_request", "alerts.0.status"),
         (b'{"alerts": [{"labels": {"a": 1}}]}', "invalid_request", "alerts.0.labels.a"),
     ],

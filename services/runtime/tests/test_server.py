@@ -9,9 +9,7 @@ import pytest
 from servescope.runtime.server import stop_queueing
 
 
-def test_a_listener_that_stopped_queueing_keeps_its_queue_and_completes_no_new_connection() -> (
-    None
-):
+def test_a_listener_that_stopped_queueing_keeps_its_queue_and_completes_no_new_connection() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)

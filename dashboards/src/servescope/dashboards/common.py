@@ -63,6 +63,7 @@ PROMETHEUS_SERIES: frozenset[str] = frozenset(
         "scrape_samples_post_metric_relabeling",
         "prometheus_tsdb_head_series",
         "prometheus_tsdb_head_samples_appended_total",
+        "prometheus_target_interval_length_seconds",
     }
 )
 KUBERNETES_SERIES: frozenset[str] = frozenset(

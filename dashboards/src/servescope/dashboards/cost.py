@@ -1,5 +1,10 @@
-"""Observability cost: active series by job and metric, samples ingested, log lines kept and
-dropped by level."""
+"""Observability cost: active series by job, metric and model, samples ingested, what the
+relabel rules keep of what each job exposes, and log lines kept and dropped by level.
+
+"Before and after" in one Prometheus: each scrape records what the target exposed
+(scrape_samples_scraped) beside what survived relabeling (scrape_samples_post_metric_relabeling),
+and the by-metric and by-model panels over time drop where the cost profile is switched on.
+`servescope cost` measures the same quantities in two runs (docs/cost.md)."""
 
 from __future__ import annotations
 
@@ -93,6 +98,102 @@ def build(root: Path) -> Dashboard:
             height=10,
         ),
     ]
+    # Series carrying a model's name; every per-model series has the label.
+    per_model = '{model_name!=""}'
+    cuts = [
+        stat_panel(
+            "Samples dropped by relabeling",
+            "Share of the samples the services expose per scrape that the relabel and drop "
+            "rules discard (1 - scrape_samples_post_metric_relabeling / scrape_samples_scraped).",
+            "percentunit",
+            [
+                Query(
+                    f'1 - sum(scrape_samples_post_metric_relabeling{{job=~"{SERVICES_RE}"}}) '
+                    f'/ sum(scrape_samples_scraped{{job=~"{SERVICES_RE}"}})',
+                    "dropped",
+                )
+            ],
+        ),
+        stat_panel(
+            "Series per model",
+            "Mean number of series carrying a model_name label, per model served.",
+            "short",
+            [
+                Query(
+                    f"count({per_model}) / count(count by (model_name) ({per_model}))",
+                    "series/model",
+                )
+            ],
+        ),
+        stat_panel(
+            "Models with series",
+            "Models that have at least one series (bounded by the repository's size).",
+            "short",
+            [Query(f"count(count by (model_name) ({per_model}))", "models")],
+        ),
+        stat_panel(
+            "Series with a model label",
+            "All series carrying a model_name label: what grows with the fleet.",
+            "short",
+            [Query(f"count({per_model})", "series")],
+        ),
+        timeseries_panel(
+            "Samples per scrape by job: exposed and kept",
+            "Before and after the cuts, per job: what the target exposes "
+            "(scrape_samples_scraped) and what is kept after metric relabeling "
+            "(scrape_samples_post_metric_relabeling).",
+            "short",
+            [
+                Query(
+                    f'sum by (job) (scrape_samples_scraped{{job=~"{SERVICES_RE}"}})',
+                    "{{job}} exposed",
+                ),
+                Query(
+                    f'sum by (job) (scrape_samples_post_metric_relabeling{{job=~"{SERVICES_RE}"}})',
+                    "{{job}} kept",
+                ),
+            ],
+        ),
+        timeseries_panel(
+            "Series by metric (top 10)",
+            "Series per metric name over time: a metric the cost profile drops or aggregates "
+            "falls to zero where the profile is switched on.",
+            "short",
+            [
+                Query(
+                    f'topk(10, count by (__name__) ({{job=~"{SERVICES_RE}"}}))',
+                    "{{__name__}}",
+                )
+            ],
+        ),
+        bargauge_panel(
+            "Series per model (top 15)",
+            "Series carrying each model's name, the most first: per-model histograms dominate.",
+            "short",
+            [
+                Query(
+                    f"topk(15, count by (model_name) ({per_model}))",
+                    "{{model_name}}",
+                    instant=True,
+                )
+            ],
+        ),
+        timeseries_panel(
+            "Samples per second by model (top 10)",
+            "Samples ingested per second for each model's series (one a scrape: its series "
+            "over the scrape interval Prometheus measures), over time: before and after the "
+            "cuts. (Counting samples with count_over_time would drop the metric names and "
+            "collide the model's series of different metrics.)",
+            "cps",
+            [
+                Query(
+                    f"topk(10, count by (model_name) ({per_model})) / scalar("
+                    'min(prometheus_target_interval_length_seconds{quantile="0.5"}))',
+                    "{{model_name}}",
+                )
+            ],
+        ),
+    ]
     logs = [
         timeseries_panel(
             "Log lines by level and decision",
@@ -122,7 +223,11 @@ def build(root: Path) -> Dashboard:
     return dashboard(
         UID,
         "Servescope / Observability cost",
-        "What observing Servescope costs: active series by job and metric, samples ingested "
-        "per second, and log lines kept and dropped by level.",
-        [("Metrics", metrics), ("Logs", logs)],
+        "What observing Servescope costs: active series by job, metric and model, samples "
+        "ingested per second, what relabeling keeps, and log lines kept and dropped by level.",
+        [
+            ("Metrics", metrics),
+            ("Before and after the cuts: by job, metric and model", cuts),
+            ("Logs", logs),
+        ],
     )

@@ -18,6 +18,7 @@ COMMANDS = (
     "dashboards",
     "generate",
     "bench",
+    "cost",
     "lab",
     "models",
 )
