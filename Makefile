@@ -14,8 +14,11 @@ bootstrap: ## install uv, the workspace and the Debian test tools (where apt exi
 up: bootstrap ## run the three services locally with gentle traffic (Ctrl-C stops)
 	@$(UV) run servescope up
 
+# Two workers, each test file on one of them (its module fixtures start once); most of the
+# suite waits on real processes, so the waits overlap. PYTEST_WORKERS=0 runs it in one.
+PYTEST_WORKERS ?= 2
 test: bootstrap ## run the whole test suite
-	@$(UV) run pytest $(PYTEST_ARGS)
+	@$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: bootstrap ## measure telemetry's cost side by side (needs wrk); writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "bench needs wrk: sudo apt-get install wrk"; exit 1; }

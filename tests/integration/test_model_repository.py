@@ -130,9 +130,10 @@ def test_fifty_models_load_and_each_answers_with_its_cards_accuracy(
             assert correct == card["metrics"]["heldout_correct"], name
             assert correct / len(y) == card["metrics"]["heldout_accuracy"]
 
-        # Every other model answers too.
+        # Every other model answers too, metadata and inference.
         copies = [row["name"] for row in index.json() if "-copy" in row["name"]]
         for name in copies:
+            assert client.get(f"/v2/models/{name}").json()["name"] == name
             answer = client.post(
                 f"/v2/models/{name}/infer",
                 content=infer_body(x[:1]),
