@@ -115,7 +115,9 @@ def decode_inputs(
             if not isinstance(data, list):
                 raise _bad(f"input {name!r} needs 'data' as a JSON array")
             try:
-                array = np.asarray(data, dtype=OIP_TO_NUMPY[datatype])
+                # An overflow becomes inf, refused just below: no warning for the log.
+                with np.errstate(over="ignore"):
+                    array = np.asarray(data, dtype=OIP_TO_NUMPY[datatype])
             except (ValueError, TypeError) as exc:
                 raise _bad(f"input {name!r} data is not all {datatype} numbers: {exc}") from exc
         if array.dtype.kind == "f" and not np.isfinite(array).all():
