@@ -43,6 +43,9 @@ def observed(module_stack_starter, tmp_path_factory):
                     "traceparent": f"00-{trace_id}-{'2' * 16}-01",
                 },
             ).raise_for_status()
+        # A bucket keeps only its latest exemplar: let Prometheus scrape these (every 1 s)
+        # before the traffic below, whose sampled requests would replace them.
+        time.sleep(2.5)
         config = LoadConfig(
             heldout_dir=heldout_dir(),
             url=stack.url,
