@@ -1,7 +1,7 @@
 """Peers for `servescope bench`: KServe and Seldon MLServer serving the bundled ONNX model.
 
-Each peer is installed by the benchmark into its own virtual environment (python3 -m venv +
-pip), cached under the user's cache directory between runs and never inside the repository;
+Each peer is installed by the benchmark into its own virtual environment (uv venv and uv pip
+without the project's settings, or python3 -m venv and pip where there is no uv), cached under the user's cache directory between runs and never inside the repository;
 neither is a dependency of the project. A peer that fails to install or start is skipped
 with a message, never failing the whole run. Every peer is bound to 127.0.0.1 on a free port
 and serves the same OIP v2 JSON payload through a tiny model class written to a temp dir at
@@ -160,7 +160,7 @@ def install_peer(
 ) -> PeerInstall:
     """The peer's venv (cached by its pins), or a PeerInstall saying why it was skipped.
 
-    `pip_command` replaces `[python, -m, pip, install]` (tests use it to simulate a failure).
+    `pip_command` replaces the installer (tests use it to simulate a failure).
     """
     root = root or cache_root()
     venv = root / f"{spec.name}-{_venv_key(spec)}"

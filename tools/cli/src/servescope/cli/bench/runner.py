@@ -264,7 +264,7 @@ def start_peers(
     versions: dict[str, str] = {}
     for spec in PEERS.values():
         try:
-            say(f"bench: preparing {spec.name} (cached venv, or pip install)", flush=True)
+            say(f"bench: preparing {spec.name} (cached venv, or an install)", flush=True)
             installed = install(spec)
         except Exception as exc:
             installed = None
