@@ -94,9 +94,11 @@ def test_stack_and_chart_serve_a_prediction(tools, k8s):
         "--set", "default.image.pullPolicy=Never",
         "--values", "deploy/helm/profiles/intermediate.yaml",
     ]  # fmt: skip
+    # The namespace with its Pod Security labels first, as skaffold.yaml's hook applies it.
+    _run(["kubectl", "apply", "-f", "deploy/helm/namespace.yaml"], env)
     _run(
         ["helm", "upgrade", "--install", "servescope", "deploy/helm/servescope", "--namespace",
-         "servescope", "--create-namespace", "--wait", "--timeout", "10m", *values],
+         "servescope", "--wait", "--timeout", "10m", *values],
         env,
     )  # fmt: skip
 

@@ -80,13 +80,18 @@ def test_enabled_renders_deployment_service_and_network_policy_only(helm):
     assert _responder_objects(rendered) == [
         ("Deployment", NAME),
         ("NetworkPolicy", NAME),
+        ("Secret", NAME),  # its webhook token (secretEnv), test_cluster_security.py
         ("Service", NAME),
     ]
     # One replica, no autoscaler or disruption budget: the notes live in the pod.
     assert rendered.named("Deployment", NAME)["spec"]["replicas"] == 1
     # Without network policies (ci/minimal-values.yaml), Deployment and Service only.
     minimal = helm.render([CHART / "ci" / "minimal-values.yaml"], ON)
-    assert _responder_objects(minimal) == [("Deployment", NAME), ("Service", NAME)]
+    assert _responder_objects(minimal) == [
+        ("Deployment", NAME),
+        ("Secret", NAME),
+        ("Service", NAME),
+    ]
     # The services are unchanged by it.
     assert {o["metadata"]["name"] for o in helm.render().objects} == {
         o["metadata"]["name"] for o in rendered.objects
@@ -370,9 +375,14 @@ def test_kubernetes_alertmanager_sends_the_webhooks_to_the_responder_service(hel
         config, {expected.removesuffix(webhook_path) + "/": "http://127.0.0.1:9095/"}
     )
     # kube-prometheus-stack's own routes (Watchdog and InfoInhibitor to "null", its
-    # inhibitions) are added around the file's by the spec's set/prepend/append.
+    # inhibitions) are added around the file's by the spec's set/prepend/append, and the
+    # webhooks to the responder carry its token (webhookHttpConfig; test_cluster_security.py).
     (spec,) = kps.yaml_files
-    assert back == stack_cli.apply_overlay(local, spec)
+    (http_config,) = spec["webhookHttpConfig"].values()
+    with_token, _ = stack_cli.add_webhook_http_config(
+        local, {"http://127.0.0.1:9095/": http_config}
+    )
+    assert back == stack_cli.apply_overlay(with_token, spec)
     # The app's network policy admits the Alertmanager pods of the stack's namespace.
     ingress = rendered.named("NetworkPolicy", NAME)["spec"]["ingress"]
     (webhooks,) = [

@@ -1,8 +1,10 @@
 """`servescope stack install|status|uninstall`: the observability stack, through `helm`.
 
 The releases, their pinned chart versions and values files are declared in
-deploy/stack/stack.yaml; this module turns that file into helm command lines and runs them
-with subprocess from the repository root. `--dry-run` prints the exact commands instead.
+deploy/stack/stack.yaml; this module turns that file into helm command lines (after one
+`kubectl apply` of the namespace's manifest, whose Pod Security labels `--create-namespace`
+would not set) and runs them with subprocess from the repository root. `--dry-run` prints the
+exact commands instead.
 
 Files that other issues own are read where they live, never copied: Alertmanager's routes
 (deploy/alertmanager/alertmanager.yml) become `alertmanager.config` in a values file generated
@@ -12,9 +14,12 @@ value another file declares becomes a chart's environment variable (`envFromFile
 chart's logSampling.infoRate is the Lua filter's ratio). Whatever does not exist is simply
 left out. A YAML file's
 `replaceUrlPrefixes` turns local-mode addresses into in-cluster ones on the way (the
-responder's webhook URL: 127.0.0.1:9095 locally, the app chart's responder Service here), and
-its `set` / `prepend` / `append` put back what the target chart's own default would have had
-(kube-prometheus-stack's `null` route for Watchdog and InfoInhibitor, its inhibitions).
+responder's webhook URL: 127.0.0.1:9095 locally, the app chart's responder Service here), its
+`webhookHttpConfig` gives the webhooks to such an address their `http_config` (the responder's
+bearer token, read from the file its mounted Secret puts in Alertmanager's pod; local mode
+sends none), and its `set` / `prepend` / `append` put back what the target chart's own default
+would have had (kube-prometheus-stack's `null` route for Watchdog and InfoInhibitor, its
+inhibitions).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ STACK_FILE = Path("deploy/stack/stack.yaml")
 GENERATED_DIR = Path(".run/stack")
 DEFAULT_TIMEOUT = "15m"
 INSTALL_HINT = "install Helm 3.14 or newer (https://helm.sh/docs/intro/install/)"
+KUBECTL_HINT = "install kubectl (https://kubernetes.io/docs/tasks/tools/)"
 MINIKUBE_START = "minikube start --cpus 4 --memory 8g --cni calico --addons metrics-server"
 CLUSTER_HINT = (
     f"start one with `{MINIKUBE_START}` (deploy/README-minikube.md) "
@@ -69,6 +75,9 @@ class Stack:
     namespace: str
     repositories: dict[str, str]
     releases: tuple[Release, ...]
+    # The namespace's manifest (its Pod Security labels), applied with kubectl before the
+    # releases: `helm --create-namespace` makes a namespace without labels.
+    namespace_manifest: str | None = None
 
 
 def load_stack(root: Path) -> Stack:
@@ -92,7 +101,9 @@ def load_stack(root: Path) -> Stack:
         )
         for r in raw["releases"]
     )
-    stack = Stack(raw["namespace"], dict(raw["repositories"]), releases)
+    stack = Stack(
+        raw["namespace"], dict(raw["repositories"]), releases, raw.get("namespaceManifest")
+    )
     for release in releases:
         if release.repository not in stack.repositories:
             raise StackError(
@@ -139,6 +150,27 @@ def replace_url_prefixes(value: Any, prefixes: Mapping[str, str]) -> tuple[Any, 
         return node
 
     return walk(value), matched
+
+
+def add_webhook_http_config(
+    config: Any, http_configs: Mapping[str, Mapping[str, Any]]
+) -> tuple[Any, set[str]]:
+    """An Alertmanager `config` (parsed YAML) in which every webhook whose url starts with one
+    of `http_configs`' keys has that key's `http_config` merged over its own, and the set of
+    keys that matched at least once. The input is left alone."""
+    if not http_configs:
+        return config, set()
+    result = json.loads(json.dumps(config))
+    matched: set[str] = set()
+    receivers = result.get("receivers") if isinstance(result, dict) else None
+    for receiver in receivers or []:
+        for webhook in receiver.get("webhook_configs") or []:
+            url = str(webhook.get("url", ""))
+            for prefix, http_config in http_configs.items():
+                if url.startswith(prefix):
+                    matched.add(prefix)
+                    webhook["http_config"] = {**(webhook.get("http_config") or {}), **http_config}
+    return result, matched
 
 
 def _parent(target: dict[str, Any], dotted: str) -> tuple[dict[str, Any], str]:
@@ -198,7 +230,10 @@ def generated_values(root: Path, release: Release) -> tuple[Path, dict[str, Any]
 
     A spec's `replaceUrlPrefixes` ({old: new}) rewrites the strings starting with `old`; a
     prefix that matches nothing is an error, so a changed source file cannot silently leave a
-    local-mode address in the cluster's configuration."""
+    local-mode address in the cluster's configuration. Its `webhookHttpConfig` ({prefix:
+    http_config}, applied after the rewrite) adds an `http_config` to the webhooks whose url
+    starts with `prefix`; a prefix no webhook has is an error too, so a moved receiver cannot
+    silently lose its credentials."""
     values: dict[str, Any] = {}
     for spec in release.yaml_files:
         source = root / spec["path"]
@@ -215,6 +250,15 @@ def generated_values(root: Path, release: Release) -> tuple[Path, dict[str, Any]
                     f"{spec['path']}: nothing in it starts with {unused[0]!r}, so the "
                     f"replacement {unused[0]!r} -> {prefixes[unused[0]]!r} ({STACK_FILE}, "
                     "replaceUrlPrefixes) would do nothing; update one of the two"
+                )
+            http_configs: dict[str, Any] = dict(spec.get("webhookHttpConfig") or {})
+            content, matched = add_webhook_http_config(content, http_configs)
+            unused = sorted(set(http_configs) - matched)
+            if unused:
+                raise StackError(
+                    f"{spec['path']}: no webhook's url starts with {unused[0]!r}, so its "
+                    f"http_config ({STACK_FILE}, webhookHttpConfig) would go nowhere; update "
+                    "one of the two"
                 )
             content = apply_overlay(content, spec)
             _set_nested(values, spec["key"], content)
@@ -248,6 +292,10 @@ def install_commands(
     releases = select(stack, only)
     context = ["--kube-context", kube_context] if kube_context else []
     commands: list[list[str]] = []
+    if stack.namespace_manifest:
+        manifest = (STACK_FILE.parent / stack.namespace_manifest).as_posix()
+        kube = ["--context", kube_context] if kube_context else []
+        commands.append(["kubectl", *kube, "apply", "-f", manifest])
     repositories = sorted({r.repository for r in releases})
     for repository in repositories:
         commands.append(
@@ -305,13 +353,22 @@ def status_command(
     return [helm, "list", "--namespace", stack.namespace, "--all", "--output", "json", *context]
 
 
-def preflight(helm: str, kube_context: str | None, env: dict[str, str] | None = None) -> None:
-    """Fail with one message naming everything missing: the helm binary, a reachable cluster."""
+def preflight(
+    helm: str,
+    kube_context: str | None,
+    env: dict[str, str] | None = None,
+    *,
+    need_kubectl: bool = False,
+) -> None:
+    """Fail with one message naming everything missing: the helm binary, kubectl when the
+    commands use it, a reachable cluster."""
     problems: list[str] = []
     helm_path = shutil.which(helm, path=(env or os.environ).get("PATH"))
     if helm_path is None:
         problems.append(f"`{helm}` is not on PATH: {INSTALL_HINT}")
     kubectl = shutil.which("kubectl", path=(env or os.environ).get("PATH"))
+    if kubectl is None and need_kubectl:
+        problems.append(f"`kubectl` is not on PATH: {KUBECTL_HINT}")
     context = ["--context", kube_context] if kube_context else []
     if kubectl is not None:
         probe = [kubectl, *context, "get", "--raw", "/readyz", "--request-timeout", "5s"]
@@ -370,7 +427,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_commands(commands, root)
         return 0
-    preflight(args.helm, args.kube_context)
+    preflight(args.helm, args.kube_context, need_kubectl=any(c[0] == "kubectl" for c in commands))
     code = _run(commands, root)
     if code == 0:
         print(

@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ):
         action = actions.add_parser(name, help=text, description=text)
         action.add_argument(
-            "--dry-run", action="store_true", help="print the exact helm commands; run nothing"
+            "--dry-run",
+            action="store_true",
+            help="print the exact helm (and kubectl) commands; run nothing",
         )
         action.add_argument("--kube-context", default=None, help="kube-context to use")
         action.add_argument("--helm", default="helm", help="the helm binary (default: helm)")
