@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up test bench lint fmt generate dashboards drill-matrix pin model clean
+.PHONY: help bootstrap up test bench soak lint fmt generate dashboards drill-matrix pin model clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,11 @@ test: bootstrap ## run the whole test suite
 bench: bootstrap ## measure telemetry's cost side by side (needs wrk); writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "bench needs wrk: sudo apt-get install wrk"; exit 1; }
 	@$(UV) run servescope bench
+
+# Ten minutes unless SOAK_SECONDS says otherwise (SOAK_SECONDS=3600 make soak for an hour).
+SOAK_SECONDS ?= 600
+soak: bootstrap ## 10 min (SOAK_SECONDS=N) of the stack under mixed traffic and faults, memory watched; writes docs/soak.md
+	@$(UV) run servescope soak --seconds $(SOAK_SECONDS)
 
 lint: bootstrap ## ruff (lint and format check) and mypy
 	@$(UV) run ruff check .

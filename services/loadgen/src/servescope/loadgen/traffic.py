@@ -56,6 +56,10 @@ class LoadResult:
     by_model: Counter[str] = field(default_factory=Counter)  # requests sent, per model
     correct_by_model: Counter[str] = field(default_factory=Counter)
     labelled_by_model: Counter[str] = field(default_factory=Counter)
+    # When a list: every request's (sent, ended, status, kind) on the monotonic clock, status
+    # 0 when nothing answered and kind "" for a 200, for a caller that lines answers up with
+    # other events (`servescope soak`: whether a fault was on while the request was in flight).
+    answers: list[tuple[float, float, int, str]] | None = None
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else 0.0
@@ -122,6 +126,7 @@ async def _one(
     model: str | None = None,
 ) -> None:
     route = "/v1/predict" if model is None else f"/v1/models/{model}/predict"
+    sent = time.monotonic()
     started = time.perf_counter()
     try:
         async with session.post(
@@ -133,9 +138,11 @@ async def _one(
             status = response.status
     except TimeoutError:
         result.errors["client_timeout"] += 1
+        _answered(result, sent, 0, "client_timeout")
         return
     except aiohttp.ClientError as exc:
         result.errors[f"connection_{type(exc).__name__}"] += 1
+        _answered(result, sent, 0, f"connection_{type(exc).__name__}")
         return
     finally:
         result.latencies.append(time.perf_counter() - started)
@@ -143,6 +150,8 @@ async def _one(
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
         answer = {}
+    kind = answer.get("kind", "unknown") if isinstance(answer, dict) else "unknown"
+    _answered(result, sent, status, "" if status == 200 else kind)
     if status == 200:
         result.ok += 1
         if sample.label is not None:
@@ -153,8 +162,12 @@ async def _one(
                 result.labelled_by_model[model] += 1
                 result.correct_by_model[model] += right
     else:
-        kind = answer.get("kind", "unknown") if isinstance(answer, dict) else "unknown"
         result.errors[f"{status} {kind}"] += 1
+
+
+def _answered(result: LoadResult, sent: float, status: int, kind: str) -> None:
+    if result.answers is not None:
+        result.answers.append((sent, time.monotonic(), status, kind))
 
 
 def _progress(result: LoadResult, started: float, out: TextIO, final: bool = False) -> None:

@@ -19,6 +19,7 @@ COMMANDS = (
     "generate",
     "bench",
     "cost",
+    "soak",
     "lab",
     "models",
 )
