@@ -10,6 +10,7 @@ that model) passes the error to raise instead.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -23,7 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from yarl import URL
 
 from servescope.runtime.errors import ServiceError
-from servescope.telemetry.tracing import tracer
+from servescope.telemetry.tracing import start_step
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,11 @@ class Endpoint:
     def url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path
 
-    @property
+    @functools.cached_property  # parsed once, not on every traced call
     def host(self) -> str:
         return URL(self.base_url).host or ""
 
-    @property
+    @functools.cached_property
     def port(self) -> int:
         return URL(self.base_url).port or 80
 
@@ -88,18 +89,17 @@ async def call(
     current = trace.get_current_span()
     # Unsampled traces skip the client span and propagate the server span's context as is.
     scope: AbstractContextManager[trace.Span] = (
-        tracer().start_as_current_span(
+        start_step(
             method,
-            kind=SpanKind.CLIENT,
-            attributes={
+            SpanKind.CLIENT,
+            {
                 "http.request.method": method,
                 "url.full": url,
                 "server.address": endpoint.host,
                 "server.port": endpoint.port,
                 "peer.service": endpoint.stage,
             },
-            record_exception=False,
-            set_status_on_exception=False,
+            record_errors=False,  # set below, from the failure's kind
         )
         if current.is_recording()
         else nullcontext(current)

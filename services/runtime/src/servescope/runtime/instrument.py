@@ -14,6 +14,7 @@ from servescope.telemetry.faultspec import make, parse_list
 from servescope.telemetry.logging import bind_log_metrics
 from servescope.telemetry.metrics import ServiceMetrics, add_metrics_route
 from servescope.telemetry.middleware import HTTPTelemetryMiddleware
+from servescope.telemetry.sinks import bind_loss_metrics
 
 # FastAPI's own OpenTelemetry layer switches itself on whenever opentelemetry is installed.
 # Our middleware already makes the server span with the same semantic conventions, plus
@@ -37,6 +38,7 @@ def instrument_app(
     """Returns the service's fault switches (set from settings; admin routes if a token)."""
     app.state.metrics = metrics  # for tests and in-process tools
     bind_log_metrics(metrics)
+    bind_loss_metrics(metrics)
     faults = Faults(
         fault_steps,
         metrics,

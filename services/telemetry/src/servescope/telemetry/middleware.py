@@ -170,7 +170,6 @@ class HTTPTelemetryMiddleware:
         self._child(self.response_size, template, method).observe(response_bytes)
         if span.is_recording():
             span.update_name(f"{method} {template}")
-            span.set_attribute("http.route", template)
-            span.set_attribute("http.response.status_code", status)
+            span.set_attributes({"http.route": template, "http.response.status_code": status})
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
