@@ -1,4 +1,5 @@
-"""`servescope bench`: the report and plot from a synthetic run, and peers that fail to install.
+"""`servescope bench`: the report and plot from a synthetic run, and peers and the recipe
+(issue 16) that fail to install.
 
 Fast and offline: nothing here starts a server or reaches a package index.
 """
@@ -6,12 +7,15 @@ Fast and offline: nothing here starts a server or reaches a package index.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from servescope.cli.bench import peers as bench_peers
+from servescope.cli.bench import recipe as bench_recipe
 from servescope.cli.bench import runner as bench
 from servescope.cli.bench.peers import PeerInstall, PeerSpec, install_peer
 from servescope.cli.bench.runner import Result, Sample, summarise, write_report
@@ -24,7 +28,8 @@ SINGLES = {
     "mlserver default": 500.0,
     "mlserver quiet": 1500.0,
 }
-PIPELINES = {"bare": 500.0, "default": 470.0, "full": 400.0}
+PIPELINES = {"bare": 500.0, "default": 470.0, "full": 400.0, "recipe": 300.0}
+RECIPE_VERSIONS = {"prometheus-fastapi-instrumentator": "8.1.0", "structlog": "26.1.0"}
 
 
 def _sample(rps: float, cpu: dict[str, float]) -> Sample:
@@ -48,6 +53,7 @@ def synthetic_report() -> dict[str, Any]:
     report = summarise(result, rounds=2, seconds=1.0)
     report["skipped"] = ["somepeer skipped: install failed (a test)"]
     report["peer_versions"] = {"kserve": "0.21.0", "mlserver": "1.7.1"}
+    report["recipe_versions"] = RECIPE_VERSIONS
     report["floor"] = {"batch_1_us_per_image": 16.0, "batch_32_us_per_image": 5.0}
     return report
 
@@ -72,6 +78,14 @@ def test_report_and_plot_cover_every_configuration(tmp_path: Path) -> None:
     assert "| classifier alone/kserve quiet throughput c1 | 1.25 | >= 1.00: met |" in doc
     assert "| default/bare throughput c1 | 0.94 | >= 0.90: met |" in doc
     assert "| full/bare throughput c1 | 0.80 | >= 0.80: met |" in doc
+    # Issue 16: the defaults against the recipe a user would copy instead, in the same run.
+    assert report["ratios"]["default/recipe throughput c8"] == pytest.approx(470 / 300)
+    assert "| default/recipe throughput c1 | 1.57 | >= 1.40: met |" in doc
+    assert "| default/recipe throughput c8 | 1.57 | >= 1.40: met |" in doc
+    assert "| recipe/bare throughput c1 | 0.60 |  |" in doc
+    assert "| recipe | 80 | 80 | 80 |" in doc  # a pipeline's peak RSS row, per service
+    assert "**recipe** is what a user would copy instead" in doc
+    assert "Recipe versions: prometheus-fastapi-instrumentator 8.1.0, structlog 26.1.0." in doc
     assert "](benchmarks.png)" in doc
     assert "somepeer skipped: install failed (a test)" in doc
     png = (tmp_path / "benchmarks.png").read_bytes()
@@ -83,6 +97,18 @@ def test_a_missed_target_is_marked() -> None:
     verdict = bench._verdict(1.2, bench.target_of("classifier alone/kserve default throughput c8"))
     assert verdict == ">= 1.50: **missed**"
     assert "missed" in bench._verdict(1.3, bench.target_of("default/bare p95 c1"))
+    verdict = bench._verdict(1.2, bench.target_of("default/recipe throughput c1"))
+    assert verdict == ">= 1.40: **missed**"
+    assert bench.target_of("recipe/bare throughput c1") is None
+
+
+def test_the_recipe_is_left_out_of_the_ratios_when_it_was_not_measured() -> None:
+    result = Result()
+    for name in ("bare", "default"):
+        result.samples[(name, 1)] = [_sample(PIPELINES[name], PIPELINE_CPU)]
+    report = summarise(result, rounds=1, seconds=1.0)
+    assert not any("recipe" in key for key in report["ratios"])
+    assert "Recipe versions" not in bench.render({**report, "floor": {}})
 
 
 def test_a_failed_peer_install_is_a_skip_message(
@@ -100,6 +126,61 @@ def test_a_failed_peer_install_is_a_skip_message(
     assert str(tmp_path) not in installed.skipped  # no paths in what the doc shows
     # The half-built venv is removed, so the next run retries rather than trusting it.
     assert not any(p.is_dir() for p in tmp_path.iterdir())
+
+
+def test_a_failed_recipe_install_is_a_skip_message(tmp_path: Path) -> None:
+    # A real venv from this interpreter (uv's, or the venv module's: no index reached), then
+    # `false` in place of the installer.
+    installed = bench_recipe.install_recipe(cache=tmp_path, pip_command=["false"], timeout=120)
+    assert installed.venv is None
+    assert installed.skipped.startswith("recipe skipped: install of the services with ")
+    assert "prometheus-fastapi-instrumentator==" in installed.skipped
+    assert installed.skipped.endswith("failed (exit code 1)")
+    assert str(tmp_path) not in installed.skipped
+    assert not any(p.is_dir() for p in tmp_path.iterdir())
+
+
+def test_bench_goes_on_when_the_recipe_fails(tmp_path: Path) -> None:
+    said: list[str] = []
+
+    def failing_install() -> bench_recipe.RecipeInstall:
+        raise OSError("no network")
+
+    stack, why, versions = bench.start_recipe(
+        tmp_path, {}, install=failing_install, say=lambda message, **_: said.append(message)
+    )
+    assert (stack, versions) == (None, {})
+    assert why == "recipe skipped: install raised OSError"
+    stack, why, _ = bench.start_recipe(
+        tmp_path,
+        {},
+        install=lambda: bench_recipe.RecipeInstall(skipped="recipe skipped: install failed"),
+        say=lambda message, **_: said.append(message),
+    )
+    assert stack is None
+    assert why == "recipe skipped: install failed"
+
+
+def test_the_recipe_pins_its_packages_and_keeps_the_workspace_pins() -> None:
+    assert all("==" in package for package in bench_recipe.PACKAGES)
+    pins = bench_recipe.constraints()
+    assert any(pin.startswith("fastapi==") for pin in pins)
+    assert any(pin.startswith("structlog==") for pin in pins)
+    assert not any(pin.startswith("opentelemetry-") for pin in pins)
+    env = bench_recipe.environment()
+    assert env["SERVESCOPE_TELEMETRY_ENABLED"] == "false"
+    assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert float(env["OTEL_TRACES_SAMPLER_ARG"]) == 0.1
+
+
+def test_the_cli_never_imports_the_recipe_app() -> None:
+    """recipe_app needs packages only the recipe's venv has; the CLI must load without them."""
+    code = (
+        "import sys, servescope.cli.main, servescope.cli.bench.runner, "
+        "servescope.cli.commands.bench; "
+        "assert not [m for m in sys.modules if m.endswith('recipe_app')]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_bench_goes_on_when_every_peer_fails(tmp_path: Path) -> None:

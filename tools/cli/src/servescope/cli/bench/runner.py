@@ -7,6 +7,10 @@ cheap generator in its own process, whose CPU is reported too. Reported: through
 latency percentiles, CPU milliseconds per request per service (from /proc) and peak RSS;
 medians over rounds, and ratios against bare from the same run.
 
+Beside them, the pipeline as a user would observe it instead (issue 16, bench/recipe.py:
+prometheus-fastapi-instrumentator, opentelemetry-instrument, structlog), from its own
+environment like the peers, and skipped like a peer when it cannot be installed or started.
+
 In the same rounds: the classifier alone (shipped telemetry defaults) and its peers, KServe
 and Seldon MLServer, each in its default and a quiet configuration, all posting one fixed
 OIP v2 JSON tensor (peers: bench_peers.py; a peer that cannot be installed or started is
@@ -36,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from servescope.cli.bench import recipe as bench_recipe
 from servescope.cli.bench.peers import PEER_CONFIGS, PEERS, PeerServer, install_peer, start_peer
 from servescope.cli.local.services import SERVICES, LocalStack, ServiceProcess, free_port
 from servescope.cli.paths import bundled_model, bundled_model_dir, heldout_dir, repo_root
@@ -222,13 +227,18 @@ def floor() -> dict[str, float]:
 
 SINGLE = "classifier alone"
 MODEL_NAME = "digits-cnn"
-PIPELINE = tuple(CONFIGS)
+# Issue 16: the recipe a user would copy instead (bench/recipe.py), a pipeline like CONFIGS's
+# but run from its own environment, so not one of them.
+RECIPE = bench_recipe.NAME
+PIPELINE = (*CONFIGS, RECIPE)
 
 # Targets from issue 8: (ratio key prefix, comparison, bound).
 PIPELINE_TARGETS = {
     "default/bare throughput": (">=", 0.90),
     "default/bare p95": ("<=", 1.15),
     "full/bare throughput": (">=", 0.80),
+    # Issue 16: the shipped defaults against the recipe a user would copy instead.
+    "default/recipe throughput": (">=", 1.4),
 }
 PEER_TARGETS = {"default": 1.5, "quiet": 1.0}
 
@@ -300,8 +310,43 @@ def start_peers(
     return targets, servers, skipped, versions
 
 
+def start_recipe(
+    workdir: Path,
+    common: dict[str, str],
+    install: Any = bench_recipe.install_recipe,
+    say: Any = print,
+) -> tuple[LocalStack | None, str, dict[str, str]]:
+    """Install and start the recipe's pipeline: (stack, "", versions), or (None, why, {}).
+
+    Like a peer, the recipe never fails the bench: a failed install or start is a skip.
+    """
+    say(f"bench: preparing {RECIPE} (cached venv, or an install)", flush=True)
+    try:
+        installed = install()
+    except Exception as exc:
+        say(f"bench: {RECIPE} install raised {exc!r}", flush=True)
+        return None, f"{RECIPE} skipped: install raised {type(exc).__name__}", {}
+    if installed.venv is None:
+        say(f"bench: {installed.skipped}", flush=True)
+        return None, installed.skipped, {}
+    try:
+        stack = bench_recipe.recipe_stack(
+            installed.venv, {svc: free_port() for svc in SERVICES}, workdir / RECIPE, common
+        )
+        stack.start(timeout=60)  # stops what it started when it fails
+    except Exception as exc:
+        say(f"bench: {RECIPE} did not start: {exc}", flush=True)
+        return None, f"{RECIPE} skipped: did not become ready ({type(exc).__name__})", {}
+    say(f"bench: {RECIPE} stack ready", flush=True)
+    return stack, "", installed.versions
+
+
 def run_bench(
-    rounds: int = 3, seconds: float = 5.0, out_dir: Path | None = None, peers: bool = True
+    rounds: int = 3,
+    seconds: float = 5.0,
+    out_dir: Path | None = None,
+    peers: bool = True,
+    recipe: bool = True,
 ) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: sudo apt-get install wrk")
@@ -329,6 +374,7 @@ def run_bench(
     peer_servers: list[PeerServer] = []
     skipped: list[str] = []
     versions: dict[str, str] = {}
+    recipe_versions: dict[str, str] = {}
     alone: ServiceProcess | None = None
     result = Result()
     try:
@@ -341,6 +387,13 @@ def run_bench(
             stacks[name].start()
             targets[name] = _stack_target(stacks[name], script)
             print(f"bench: {name} stack ready", flush=True)
+        if recipe:
+            recipe_stack, why, recipe_versions = start_recipe(workdir, common)
+            if recipe_stack is None:
+                skipped.append(why)
+            else:
+                stacks[RECIPE] = recipe_stack
+                targets[RECIPE] = _stack_target(recipe_stack, script)
         # The classifier alone, with its shipped telemetry defaults (traces to the sink).
         port = free_port()
         base = {k: v for k, v in os.environ.items() if not k.startswith("SERVESCOPE_")}
@@ -367,9 +420,10 @@ def run_bench(
         )
         print(f"bench: {SINGLE} ready", flush=True)
         if peers:
-            peer_targets, peer_servers, skipped, versions = start_peers(
+            peer_targets, peer_servers, peer_skipped, versions = start_peers(
                 workdir, infer_script, infer_body
             )
+            skipped += peer_skipped
             targets.update(peer_targets)
         for connections in (1, 8):
             measure(targets, connections, 1.0)  # warm-up: pools, caches, lazy imports
@@ -399,6 +453,7 @@ def run_bench(
     report = summarise(result, rounds, seconds)
     report["skipped"] = skipped
     report["peer_versions"] = versions
+    report["recipe_versions"] = recipe_versions
     report["floor"] = floor()
     write_report(report, out_dir)
     return report
@@ -473,6 +528,16 @@ def summarise(result: Result, rounds: int, seconds: float) -> dict[str, Any]:
                 ratios[f"{name}/bare p95 {c}"] = (
                     table[name][c]["p95_ms"] / table["bare"][c]["p95_ms"]
                 )
+    for c in ("c1", "c8"):
+        if RECIPE in table and c in table[RECIPE]:
+            if "default" in table and c in table["default"]:
+                ratios[f"default/{RECIPE} throughput {c}"] = (
+                    table["default"][c]["rps"] / table[RECIPE][c]["rps"]
+                )
+            if "bare" in table and c in table["bare"]:
+                ratios[f"{RECIPE}/bare throughput {c}"] = (
+                    table[RECIPE][c]["rps"] / table["bare"][c]["rps"]
+                )
     for peer in (n for n in table if n not in PIPELINE and n != SINGLE):
         for c in ("c1", "c8"):
             if SINGLE in table and c in table[SINGLE] and c in table[peer]:
@@ -528,6 +593,9 @@ def render(report: dict[str, Any]) -> str:
         "OTLP/HTTP to a local sink, INFO logs kept for 10% of traces); **full** samples every",
         "trace and keeps every log line.",
         "",
+        *bench_recipe.DESCRIPTION,
+        "",
+        *bench_recipe.versions_line(report.get("recipe_versions", {})),
         "## Pipeline (three services)",
         "",
         "| configuration | c | rps | p50 ms | p95 ms | p99 ms | CPU ms/request (pre, cls, post) | wrk CPU ms/request |",
@@ -585,7 +653,7 @@ def render(report: dict[str, Any]) -> str:
         "",
         "## Ratios (same run)",
         "",
-        "| ratio | value | target (issue 8) |",
+        "| ratio | value | target (issues 8, 16) |",
         "|---|---|---|",
     ]
     for key, value in report["ratios"].items():

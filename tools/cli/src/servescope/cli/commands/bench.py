@@ -14,7 +14,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     out = args.out or repo_root() / "docs"
     try:
-        report = run_bench(args.rounds, args.seconds, out, peers=not args.no_peers)
+        report = run_bench(
+            args.rounds, args.seconds, out, peers=not args.no_peers, recipe=not args.no_recipe
+        )
     except RuntimeError as exc:
         _say(f"error: {exc}")
         return 1
@@ -29,5 +31,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     bench.add_argument("--no-peers", action="store_true", help="leave out KServe and MLServer")
+    bench.add_argument(
+        "--no-recipe",
+        action="store_true",
+        help="leave out the recipe (instrumentator, opentelemetry-instrument, structlog)",
+    )
     bench.add_argument("--out", type=Path, help="report folder (default: docs/)")
     bench.set_defaults(func=cmd_bench)
