@@ -33,7 +33,8 @@ from servescope.cli.local.alerting import (
     alertmanager_config,
 )
 from servescope.cli.local.services import free_port
-from servescope.responder.settings import env_names
+from servescope.responder.settings import Settings, env_names
+from servescope.runtime.settings import SECRETS_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE_FILE = ROOT / "deploy" / "helm" / "namespace.yaml"
@@ -312,11 +313,28 @@ def _responder_cases(helm: Any) -> list[str]:
     ]
 
 
+def _secret_files(helm: Any, deployment: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """File name in the secrets directory -> the Secret and key it holds, from the pod's one
+    read-only projected volume there."""
+    (container,) = helm.containers(deployment)
+    pod = deployment["spec"]["template"]["spec"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(SECRETS_DIR)]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["projected"]["defaultMode"] == 0o440  # group: the pod's fsGroup
+    assert pod["securityContext"]["fsGroup"] == container["securityContext"]["runAsGroup"]
+    return {
+        item["path"]: {"name": source["secret"]["name"], "key": item["key"]}
+        for source in volume["projected"]["sources"]
+        for item in source["secret"]["items"]
+    }
+
+
 def _token_ref(helm: Any, rendered: Any) -> dict[str, str]:
-    (container,) = helm.containers(rendered.named("Deployment", RESPONDER))
-    (entry,) = [e for e in container["env"] if e["name"] == TOKEN_ENV]
-    assert set(entry) == {"name", "valueFrom"}, "never a plain value"
-    return dict(entry["valueFrom"]["secretKeyRef"])
+    deployment = rendered.named("Deployment", RESPONDER)
+    (container,) = helm.containers(deployment)
+    assert TOKEN_ENV not in {e["name"] for e in container.get("env", [])}, "a file, never env"
+    return _secret_files(helm, deployment)[TOKEN_ENV]
 
 
 def test_the_responder_reads_its_webhook_token_from_a_secret_the_render_creates(helm):
@@ -335,7 +353,7 @@ def test_the_responder_reads_its_webhook_token_from_a_secret_the_render_creates(
 def test_an_existing_secret_replaces_the_generated_one(helm):
     mine = {"existingSecret": "my-hook", "key": "t"}
     rendered = helm.render(
-        values={"components": {"responder": {"enabled": True, "secretEnv": {TOKEN_ENV: mine}}}}
+        values={"components": {"responder": {"enabled": True, "secretFiles": {TOKEN_ENV: mine}}}}
     )
     assert _token_ref(helm, rendered) == {"name": "my-hook", "key": "t"}
     assert rendered.of_kind("Secret") == []
@@ -346,6 +364,52 @@ def test_a_plain_token_value_is_refused(helm):
         helm.render_values(
             {"components": {"responder": {"enabled": True, "env": {TOKEN_ENV: "hunter2"}}}}
         )
+
+
+def test_no_rendered_configuration_passes_a_secret_as_env(helm, case):
+    """CKV_K8S_35: secrets are files. Every render, the faults' admin token included."""
+    name, rendered = case
+    faulty = helm.render(
+        helm.CASES[name],
+        {"default": {"faults": {"enabled": True, "existingSecret": "servescope-admin"}}},
+    )
+    for each in (rendered, faulty):
+        for deployment in each.of_kind("Deployment"):
+            for container in helm.containers(deployment):
+                for entry in container.get("env", []):
+                    assert "secretKeyRef" not in entry.get("valueFrom", {}), (name, entry)
+                    assert not entry["name"].endswith("_TOKEN"), (name, entry["name"])
+                assert not any("secretRef" in e for e in container.get("envFrom", [])), name
+    for deployment in faulty.of_kind("Deployment"):
+        files = _secret_files(helm, deployment)
+        assert files["SERVESCOPE_ADMIN_TOKEN"] == {"name": "servescope-admin", "key": "token"}
+
+
+def test_the_rendered_token_file_is_what_the_responder_reads(helm, tmp_path):
+    """Lay the render's Secret out as the kubelet does (a file per item, named by its path)
+    and read it with the responder's own settings: the env copy loses to the file."""
+    rendered = helm.render(values={"components": {"responder": {"enabled": True}}})
+    files = _secret_files(helm, rendered.named("Deployment", RESPONDER))
+    for path, ref in files.items():
+        data = rendered.named("Secret", ref["name"])["data"][ref["key"]]
+        (tmp_path / path).write_bytes(__import__("base64").b64decode(data))
+    token = (tmp_path / TOKEN_ENV).read_text()
+    settings = Settings(_secrets_dir=tmp_path)
+    assert settings.webhook_token is not None
+    assert settings.webhook_token.get_secret_value() == token
+    assert settings.admin_token is None  # no faults: no admin routes
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        ({"secretFiles": {"SERVESCOPE_ADMIN_TOKEN": {"key": "t"}}}, "faults.existingSecret"),
+        ({"podSecurityContext": {"fsGroup": None}}, "fsGroup"),
+    ],
+)
+def test_secret_files_need_their_own_path_and_the_pods_group(helm, values, says):
+    with pytest.raises(helm.RenderError, match=says):
+        helm.render_values({"components": {"responder": {"enabled": True, **values}}})
 
 
 def _kps() -> stack_cli.Release:
@@ -408,7 +472,7 @@ def test_alertmanager_sends_the_token_from_a_secret_in_its_own_namespace(helm, t
     assert len(__import__("base64").b64decode(secret["data"][key])) >= 32
     # The two copies name each other: the app's seeds from this one, this one from the app's.
     seed = yaml.safe_load((helm.CHART / "values.yaml").read_text())["components"]["responder"]
-    assert seed["secretEnv"][TOKEN_ENV]["seedFrom"] == {
+    assert seed["secretFiles"][TOKEN_ENV]["seedFrom"] == {
         "namespace": STACK["namespace"], "name": secret_name, "key": key,
     }  # fmt: skip
     ref = _token_ref(helm, helm.render(values={"components": {"responder": {"enabled": True}}}))

@@ -80,7 +80,7 @@ def test_enabled_renders_deployment_service_and_network_policy_only(helm):
     assert _responder_objects(rendered) == [
         ("Deployment", NAME),
         ("NetworkPolicy", NAME),
-        ("Secret", NAME),  # its webhook token (secretEnv), test_cluster_security.py
+        ("Secret", NAME),  # its webhook token (secretFiles), test_cluster_security.py
         ("Service", NAME),
     ]
     # One replica, no autoscaler or disruption budget: the notes live in the pod.
@@ -146,12 +146,13 @@ def test_environment_is_what_the_responder_reads(helm, monkeypatch):
     assert settings.runbook_dir is None  # the image holds no runbooks: exists is null
     # Alerts are rare: every trace and log line of the responder is kept.
     assert settings.trace_sample_ratio == settings.log_info_sample_ratio == 1.0
-    # The notes go to an emptyDir, the only writable place besides /tmp.
+    # The notes go to an emptyDir, the only writable place besides /tmp; the secrets
+    # directory (its webhook token, test_cluster_security.py) is read-only.
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"] if not m.get("readOnly")}
     assert set(mounts) == {"/tmp", str(settings.incident_dir)}
-    for name in mounts.values():
-        assert "emptyDir" in volumes[name], name
+    for mount in mounts.values():
+        assert "emptyDir" in volumes[mount["name"]], mount
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["image"] == f"servescope-responder:{rendered_app_version()}"
 

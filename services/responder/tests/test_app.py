@@ -199,6 +199,28 @@ def test_with_a_webhook_token_alerts_need_it_and_a_stranger_is_refused_and_count
         assert accepted.json()["accepted"] == 1
 
 
+def test_a_webhook_token_from_a_mounted_file_is_required(tmp_path: Path) -> None:
+    """The chart's way: the token is a file in the secrets directory, read by the settings."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "SERVESCOPE_RESPONDER_WEBHOOK_TOKEN").write_text("file-token\n")
+    settings = Settings(
+        _secrets_dir=secrets,
+        incident_dir=tmp_path / "incidents",
+        prometheus_url=_unreachable(),
+        query_timeout_seconds=2,
+    )
+    with TestClient(create_app(settings, Health("responder", "test"))) as client:
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "file-token"}):
+            refused = client.post("/alerts", json=payload(), headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.json()["kind"] == "unauthorized"
+        accepted = client.post(
+            "/alerts", json=payload(), headers={"authorization": "Bearer file-token"}
+        )
+        assert accepted.status_code == 200, accepted.text
+
+
 def test_a_replayed_webhook_updates_one_note_and_never_races_it(client: TestClient) -> None:
     body = payload()
     body["alerts"] = body["alerts"] * 6  # Alertmanager re-sends; a replay repeats it

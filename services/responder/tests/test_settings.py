@@ -78,3 +78,24 @@ def test_empty_links_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SERVESCOPE_RESPONDER_TRACE_URL_TEMPLATE", "")
     s = Settings()
     assert s.runbook_base_url is None and s.trace_url_template is None
+
+
+def test_the_webhook_token_comes_from_its_file_before_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a pod the chart mounts the token as SERVESCOPE_RESPONDER_WEBHOOK_TOKEN in the secrets
+    directory; local mode may set the variable instead; the file wins."""
+    monkeypatch.setenv("SERVESCOPE_RESPONDER_WEBHOOK_TOKEN", "from-env")
+    assert Settings(_secrets_dir=tmp_path / "absent").webhook_token is not None
+    (tmp_path / "SERVESCOPE_RESPONDER_WEBHOOK_TOKEN").write_text("from-file\n")
+    token = Settings(_secrets_dir=tmp_path).webhook_token
+    assert token is not None and token.get_secret_value() == "from-file"
+    monkeypatch.delenv("SERVESCOPE_RESPONDER_WEBHOOK_TOKEN")
+    token = Settings(_secrets_dir=tmp_path).webhook_token
+    assert token is not None and token.get_secret_value() == "from-file"
+
+
+def test_a_blank_webhook_token_file_is_refused_not_an_open_webhook(tmp_path: Path) -> None:
+    (tmp_path / "SERVESCOPE_RESPONDER_WEBHOOK_TOKEN").write_text("\n")
+    with pytest.raises(ValidationError, match="blank"):
+        Settings(_secrets_dir=tmp_path)

@@ -214,6 +214,26 @@ def app_with(tmp_path: Path, **settings: object) -> tuple[TestClient, FastAPI]:
     return TestClient(app), app
 
 
+def test_the_admin_token_from_a_mounted_file_guards_the_admin_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in a pod: the token is a file in the secrets directory (the chart's projected
+    Secret), which wins over an environment variable of the same name."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "SERVESCOPE_ADMIN_TOKEN").write_text(TOKEN + "\n")
+    monkeypatch.setenv("SERVESCOPE_ADMIN_TOKEN", "from-env")
+    config = CommonSettings(_secrets_dir=secrets, fault_cache_dir=tmp_path)
+    app = FastAPI()
+    instrument_app(app, ServiceMetrics("preprocess"), Health("preprocess", "t"), config, STEPS)
+    client = TestClient(app)
+    assert client.get("/admin/faults").status_code == 401
+    for wrong in ("Bearer from-env", "Bearer wrong", TOKEN):
+        refused = client.get("/admin/faults", headers={"Authorization": wrong})
+        assert refused.status_code == 401, wrong
+    assert client.get("/admin/faults", headers=AUTH).status_code == 200
+
+
 def test_admin_switches_every_runtime_kind_and_clears(tmp_path: Path) -> None:
     client, _ = app_with(tmp_path)
     assert client.get("/admin/faults").status_code == 401

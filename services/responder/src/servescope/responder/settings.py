@@ -1,4 +1,5 @@
-"""Every responder setting, read from the environment.
+"""Every responder setting, read from the environment (a secret also from a file, see
+servescope.runtime.settings: the chart mounts the webhook token as one).
 
 Server, logging and telemetry settings are the common `SERVESCOPE_*` ones every service reads
 (`SERVESCOPE_HOST`, `SERVESCOPE_PORT`, `SERVESCOPE_LOG_LEVEL`, ...); the responder's own carry
@@ -13,7 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from servescope.responder.playbooks import parse_duration
-from servescope.runtime.settings import CommonSettings
+from servescope.runtime.settings import CommonSettings, not_blank
 
 ENV_PREFIX = "SERVESCOPE_RESPONDER_"
 
@@ -95,8 +96,14 @@ class Settings(CommonSettings):
         None,
         validation_alias=_env("webhook_token"),
         description="Bearer token POST /alerts requires (Alertmanager's "
-        "http_config.authorization.credentials). Unset: the webhook is open, as in local mode.",
+        "http_config.authorization.credentials). Unset: the webhook is open, as in local mode. "
+        "In a pod: the file SERVESCOPE_RESPONDER_WEBHOOK_TOKEN in the secrets directory.",
     )
+
+    @field_validator("webhook_token")
+    @classmethod
+    def _webhook_token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        return not_blank(value)
 
     @field_validator("window")
     @classmethod
