@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servescope.telemetry.logging import log_sampler
 from servescope.telemetry.metrics import ServiceMetrics
-from servescope.telemetry.tracing import tracer
+from servescope.telemetry.tracing import UnsampledParents, tracer
 
 
 class _HeaderGetter(Getter[list[tuple[bytes, bytes]]]):
@@ -45,12 +45,15 @@ class HTTPTelemetryMiddleware:
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
         self.duration = metrics.histogram("http_server_request_duration_seconds")
-        self.active = metrics.gauge("http_server_active_requests")
+        # Read at scrape time from a plain count: no lock taken twice a request.
+        self.in_flight = 0
+        metrics.gauge("http_server_active_requests").set_function(lambda: self.in_flight)
         self.request_size = metrics.histogram("http_server_request_body_size_bytes")
         self.response_size = metrics.histogram("http_server_response_body_size_bytes")
         self.unmatched = metrics.contract.unmatched_route
         self.methods = frozenset(metrics.contract.label_rules["http_request_method"].values)
         self.tracer = tracer()
+        self.unsampled = UnsampledParents.for_current_provider()
         self.log = structlog.get_logger("servescope.access")
         self.sampler = log_sampler()
         # Children bound once per label combination instead of looked up on every request.
@@ -90,11 +93,11 @@ class HTTPTelemetryMiddleware:
         method = scope["method"] if scope["method"] in self.methods else "_OTHER"
         if scope["path"] in QUIET_PATHS:
             # Probes and scrapes: measured, but no span and no access log line each time.
-            self.active.inc()
+            self.in_flight += 1
             try:
                 await self.app(scope, counting_receive, counting_send)
             finally:
-                self.active.dec()
+                self.in_flight -= 1
                 self._observe(
                     trace.INVALID_SPAN,
                     self._template(scope),
@@ -105,19 +108,23 @@ class HTTPTelemetryMiddleware:
                     response_bytes,
                 )
             return
-        parent = propagate.extract(scope["headers"], getter=_GETTER)
-        span = self.tracer.start_span(
-            method,  # renamed to "METHOD /route" once the route is known
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": scope["path"]},
-        )
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
-        self.active.inc()
+        span = self.unsampled.span(scope["headers"])
+        if span is None:
+            parent = propagate.extract(scope["headers"], getter=_GETTER)
+            span = self.tracer.start_span(
+                method,  # renamed to "METHOD /route" once the route is known
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={"http.request.method": method, "url.path": scope["path"]},
+            )
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
+        else:
+            token = otel_context.attach(trace.set_span_in_context(span))
+        self.in_flight += 1
         try:
             await self.app(scope, counting_receive, counting_send)
         finally:
-            self.active.dec()
+            self.in_flight -= 1
             elapsed = time.perf_counter() - started
             template = self._template(scope)
             self._observe(span, template, method, status, elapsed, request_bytes, response_bytes)

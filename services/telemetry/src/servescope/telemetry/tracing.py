@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import random
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -24,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Status, StatusCode
 
 from servescope.telemetry.settings import TelemetrySettings
@@ -77,6 +78,25 @@ class JsonLinesSpanExporter(SpanExporter):
         self._file.close()
 
 
+class _Resource(Resource):
+    """A resource whose hash is computed once.
+
+    The OTLP encoder groups spans by resource and hashes it for every span, and the SDK's
+    hash serialises every attribute to JSON each time: ~25 us a span, a third of its export
+    (measured here). A resource never changes after it is made, so its hash cannot either.
+    """
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(other)
+
+
 # The SDK waits 10 s for one export; a collector on the same network answers in
 # milliseconds, and a longer wait only holds the export thread (and, at exit, the process)
 # on a collector that is down. OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT still overrides it.
@@ -115,7 +135,7 @@ def configure_tracing(settings: TelemetrySettings) -> TracerProvider | None:
         if os.environ.get(variable):
             attributes[key] = os.environ[variable]
     provider = TracerProvider(
-        resource=Resource.create(attributes),
+        resource=_Resource(Resource.create(attributes)),
         sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)),
     )
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
@@ -189,6 +209,72 @@ def start_step(
     of the block is recorded on it, with an error status, unless `record_errors` is off
     (the caller sets its own)."""
     return _Step(tracer().start_span(name, kind=kind, attributes=attributes), record_errors)
+
+
+# What the default propagators (W3C trace context and baggage) read from a request.
+_DEFAULT_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
+_HEX = frozenset("0123456789abcdef")
+
+
+class UnsampledParents:
+    """Requests whose caller did not sample the trace, recognised without the SDK.
+
+    Behind the edge every request carries the caller's `traceparent`, and nine in ten say
+    "not sampled": the parent-based sampler then drops the span whatever else is known, so
+    the propagators' extraction and the SDK's span start (~12 us a request, 6% of a
+    downstream service's CPU, measured here) only build a span that records nothing. This
+    reads that one header and makes the same non-recording span, with its own span id, as
+    the SDK would. It applies only where nothing else could change the answer: the SDK's
+    sampler drops a remote unsampled parent, the propagators are the default ones, and the
+    request carries no `tracestate` or `baggage` (both still go through the propagators).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    @classmethod
+    def for_current_provider(cls) -> UnsampledParents:
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):
+            return cls(False)
+        remote = trace.NonRecordingSpan(
+            trace.SpanContext(1, 1, is_remote=True, trace_flags=trace.TraceFlags(0))
+        )
+        decision = provider.sampler.should_sample(
+            trace.set_span_in_context(remote), 1, "probe"
+        ).decision
+        fields = propagate.get_global_textmap().fields
+        return cls(decision is Decision.DROP and set(fields) <= _DEFAULT_FIELDS)
+
+    def span(self, headers: list[tuple[bytes, bytes]]) -> trace.Span | None:
+        """The non-recording server span for an unsampled remote parent; None otherwise
+        (no parent, a sampled one, anything unusual: the SDK decides)."""
+        if not self.enabled:
+            return None
+        parent = None
+        for name, value in headers:
+            if name == b"traceparent":
+                if parent is not None:
+                    return None  # repeated: the propagator's rules, not ours
+                parent = value
+            elif name in (b"tracestate", b"baggage"):
+                return None
+        # version 00, a 32-digit trace id, a 16-digit span id, and flags 00: not sampled
+        if parent is None or len(parent) != 55 or not parent.startswith(b"00-"):
+            return None
+        text = parent.decode("latin-1")
+        if (
+            text[35] != "-"
+            or text[52] != "-"
+            or not _HEX.issuperset(text[3:35] + text[36:52] + text[53:])
+        ):
+            return None
+        trace_id, parent_id, flags = int(text[3:35], 16), int(text[36:52], 16), int(text[53:], 16)
+        if not trace_id or not parent_id or flags:  # other flags (random, level 2): the SDK's
+            return None
+        # The SDK's own span ids come from the same generator: unique, not secret.
+        span_id = random.getrandbits(64) or 1  # nosec B311 - an id, not a secret
+        return trace.NonRecordingSpan(trace.SpanContext(trace_id, span_id, is_remote=False))
 
 
 def step_span(
