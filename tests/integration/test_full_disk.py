@@ -72,13 +72,18 @@ def fill(disk: Path) -> Path:
 
 
 def lost(url: str) -> dict[str, float]:
+    """Log lines lost, and spans lost to failed writes (the file's), from the metrics."""
     text = httpx.get(url + "/metrics", timeout=10).text
-    names = {"servescope_log_lines_lost": "lines", "servescope_spans_lost": "spans"}
-    return {
-        names[family.name]: family.samples[0].value
-        for family in text_string_to_metric_families(text)
-        if family.name in names
-    }
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "servescope_log_lines_lost_total":
+                found["lines"] = sample.value
+            elif sample.name == "servescope_spans_lost_total" and sample.labels == {
+                "error_type": "write_failed"
+            }:
+                found["spans"] = sample.value
+    return found
 
 
 def unparsed(path: Path) -> list[bytes]:

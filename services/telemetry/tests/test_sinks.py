@@ -35,8 +35,8 @@ def full() -> Iterator[int]:
     os.close(fd)
 
 
-def counted(metric: str, metrics: ServiceMetrics) -> float:
-    value = metrics.registry.get_sample_value(metric)
+def counted(metric: str, metrics: ServiceMetrics, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(metric, labels or None)
     assert value is not None
     return value
 
@@ -44,7 +44,7 @@ def counted(metric: str, metrics: ServiceMetrics) -> float:
 def test_a_write_that_fails_is_counted_with_one_notice_and_its_end_is_logged(
     full: int, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    lost = LossCount("servescope_spans_lost_total")
+    lost = LossCount("servescope_spans_lost_total", "write_failed")
     writer = LineWriter(full, lost, "spans_lost")
     for _ in range(3):
         assert writer.write([b'{"a": 1}\n', b'{"b": 2}\n']) == 2
@@ -55,7 +55,7 @@ def test_a_write_that_fails_is_counted_with_one_notice_and_its_end_is_logged(
 
     metrics = ServiceMetrics("preprocess")
     lost.bind(metrics)
-    assert counted("servescope_spans_lost_total", metrics) == 6
+    assert counted("servescope_spans_lost_total", metrics, error_type="write_failed") == 6
 
     with (tmp_path / "spans.jsonl").open("wb") as space:
         writer.fd = space.fileno()  # the disk has room again
@@ -71,7 +71,9 @@ def test_a_line_a_short_write_cut_is_ended_so_only_it_is_lost() -> None:
     fcntl.fcntl(write, fcntl.F_SETFL, fcntl.fcntl(write, fcntl.F_GETFL) | os.O_NONBLOCK)
     capacity = fcntl.fcntl(write, 1032)  # F_GETPIPE_SZ
     try:
-        writer = LineWriter(write, LossCount("servescope_spans_lost_total"), "spans_lost")
+        writer = LineWriter(
+            write, LossCount("servescope_spans_lost_total", "write_failed"), "spans_lost"
+        )
         line = json.dumps({"pad": "x" * 1000}).encode() + b"\n"
         lines = [line] * (capacity // len(line) + 5)
         lost = writer.write(lines)  # the pipe takes `capacity` bytes, then EAGAIN
@@ -136,5 +138,6 @@ def test_the_span_file_counts_into_the_spans_metric(tmp_path: Path) -> None:
     assert spans.write(['{"span": 1}']) == 0
     spans.close()
     assert (tmp_path / "traces" / "edge.jsonl").read_text() == '{"span": 1}\n'
-    assert SPANS_LOST.metric == "servescope_spans_lost_total"
+    assert spans.writer.lost is SPANS_LOST["write_failed"]
+    assert SPANS_LOST["write_failed"].labels == ("write_failed",)
     assert LOG_LINES_LOST.metric == "servescope_log_lines_lost_total"

@@ -31,10 +31,12 @@ import structlog
 
 
 class LossCount:
-    """Records lost, in a contract counter once the service's metrics exist."""
+    """Records lost, in a contract counter (with these label values) once the service's
+    metrics exist."""
 
-    def __init__(self, metric: str) -> None:
+    def __init__(self, metric: str, *labels: str) -> None:
         self.metric = metric
+        self.labels = labels
         self.counter: Any = None
         self.pending = 0  # lost before a counter was bound
         self._lock = threading.Lock()
@@ -48,20 +50,27 @@ class LossCount:
 
     def bind(self, metrics: Any) -> None:
         with self._lock:
-            self.counter = metrics.counter(self.metric)
+            counter = metrics.counter(self.metric)
+            self.counter = counter.labels(*self.labels) if self.labels else counter
             if self.pending:
                 self.counter.inc(self.pending)
                 self.pending = 0
 
 
 LOG_LINES_LOST = LossCount("servescope_log_lines_lost_total")
-SPANS_LOST = LossCount("servescope_spans_lost_total")
+# Spans lost, by why (the contract's error_type values): the trace file's writes here, the
+# span processor's queue and the OTLP exporter in servescope.telemetry.tracing.
+SPANS_LOST = {
+    why: LossCount("servescope_spans_lost_total", why)
+    for why in ("queue_full", "after_shutdown", "export_failed", "write_failed")
+}
 
 
 def bind_loss_metrics(metrics: Any) -> None:
     """Count lost log lines and spans in this service's metrics."""
     LOG_LINES_LOST.bind(metrics)
-    SPANS_LOST.bind(metrics)
+    for count in SPANS_LOST.values():
+        count.bind(metrics)
 
 
 def _notice(event: str, exc: OSError) -> None:
@@ -125,7 +134,7 @@ class SpanFile:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.writer = LineWriter(self.fd, SPANS_LOST, "spans_lost")
+        self.writer = LineWriter(self.fd, SPANS_LOST["write_failed"], "spans_lost")
         self._lock = threading.Lock()
 
     def write(self, lines: Sequence[str]) -> int:

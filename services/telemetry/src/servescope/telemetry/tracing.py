@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatio
 from opentelemetry.trace import Status, StatusCode
 
 from servescope.telemetry.settings import TelemetrySettings
-from servescope.telemetry.sinks import SpanFile
+from servescope.telemetry.sinks import SPANS_LOST, SpanFile
 
 TRACER_NAME = "servescope"
 
@@ -121,6 +121,56 @@ def _otlp_exporter() -> SpanExporter:
     return HTTPSpanExporter(timeout=timeout)
 
 
+class _CountingExporter(SpanExporter):
+    """An exporter that counts the spans of every batch its inner exporter gives up on."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter = exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.exporter.export(spans)
+        except Exception:
+            SPANS_LOST["export_failed"].add(len(spans))
+            raise
+        if result is not SpanExportResult.SUCCESS:
+            SPANS_LOST["export_failed"].add(len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+class _QueueLosses:
+    """The SDK batch processor's own accounting hooks (its ProcessorMetricsT), keeping the
+    two that lose spans: a full queue (the oldest span goes) and spans ended after shutdown.
+
+    The SDK reports these only as OpenTelemetry metrics, behind an environment switch and a
+    meter provider; here they go to the contract's Prometheus counter instead.
+    """
+
+    def register_queue_size(self, get_queue_size: object) -> None:
+        pass
+
+    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
+        why = "after_shutdown" if error_type == "already_shutdown" else "queue_full"
+        SPANS_LOST[why].add(count)
+
+    def finish_items(self, count: int) -> None:
+        pass
+
+
+def batch_processor(exporter: SpanExporter) -> BatchSpanProcessor:
+    """The SDK's batch processor (its OTEL_BSP_* settings), its losses counted."""
+    processor = BatchSpanProcessor(exporter)
+    # The hooks live on the SDK's inner batcher; test_span_losses.py fails if they move.
+    processor._batch_processor._metrics = _QueueLosses()
+    return processor
+
+
 def configure_tracing(settings: TelemetrySettings) -> TracerProvider | None:
     """Install the SDK tracer provider for this process; None when telemetry is off."""
     if not settings.telemetry_enabled or os.environ.get("OTEL_SDK_DISABLED") == "true":
@@ -141,9 +191,9 @@ def configure_tracing(settings: TelemetrySettings) -> TracerProvider | None:
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     ):
-        provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
+        provider.add_span_processor(batch_processor(_CountingExporter(_otlp_exporter())))
     if settings.trace_file is not None:
-        provider.add_span_processor(BatchSpanProcessor(JsonLinesSpanExporter(settings.trace_file)))
+        provider.add_span_processor(batch_processor(JsonLinesSpanExporter(settings.trace_file)))
     trace.set_tracer_provider(provider)
     return provider
 
