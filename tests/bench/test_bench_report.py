@@ -28,7 +28,7 @@ SINGLES = {
     "mlserver default": 500.0,
     "mlserver quiet": 1500.0,
 }
-PIPELINES = {"bare": 500.0, "default": 470.0, "full": 400.0, "recipe": 300.0}
+PIPELINES = {"bare": 500.0, "floor": 485.0, "default": 470.0, "full": 400.0, "recipe": 300.0}
 RECIPE_VERSIONS = {"prometheus-fastapi-instrumentator": "8.1.0", "structlog": "26.1.0"}
 
 
@@ -54,7 +54,7 @@ def synthetic_report() -> dict[str, Any]:
     report["skipped"] = ["somepeer skipped: install failed (a test)"]
     report["peer_versions"] = {"kserve": "0.21.0", "mlserver": "1.7.1"}
     report["recipe_versions"] = RECIPE_VERSIONS
-    report["floor"] = {"batch_1_us_per_image": 16.0, "batch_32_us_per_image": 5.0}
+    report["inference"] = {"batch_1_us_per_image": 16.0, "batch_32_us_per_image": 5.0}
     return report
 
 
@@ -74,10 +74,12 @@ def test_report_and_plot_cover_every_configuration(tmp_path: Path) -> None:
             assert key in report["ratios"]
             assert f"| {key} | {report['ratios'][key]:.2f} |" in doc
     assert report["ratios"]["classifier alone/kserve default throughput c1"] == pytest.approx(2.0)
-    assert "| classifier alone/kserve default throughput c1 | 2.00 | >= 1.50: met |" in doc
-    assert "| classifier alone/kserve quiet throughput c1 | 1.25 | >= 1.00: met |" in doc
+    assert "| classifier alone/kserve default throughput c1 | 2.00 | >= 2.00: met |" in doc
+    assert "| classifier alone/kserve quiet throughput c1 | 1.25 | >= 1.30: **missed** |" in doc
     assert "| default/bare throughput c1 | 0.94 | >= 0.90: met |" in doc
     assert "| full/bare throughput c1 | 0.80 | >= 0.80: met |" in doc
+    assert "| floor/bare throughput c1 | 0.97 |  |" in doc  # the floor is reported, no target
+    assert "**floor** is the shipped telemetry with nothing sampled" in doc
     # Issue 16: the defaults against the recipe a user would copy instead, in the same run.
     assert report["ratios"]["default/recipe throughput c8"] == pytest.approx(470 / 300)
     assert "| default/recipe throughput c1 | 1.57 | >= 1.40: met |" in doc
@@ -94,8 +96,8 @@ def test_report_and_plot_cover_every_configuration(tmp_path: Path) -> None:
 
 
 def test_a_missed_target_is_marked() -> None:
-    verdict = bench._verdict(1.2, bench.target_of("classifier alone/kserve default throughput c8"))
-    assert verdict == ">= 1.50: **missed**"
+    verdict = bench._verdict(1.9, bench.target_of("classifier alone/kserve default throughput c8"))
+    assert verdict == ">= 2.00: **missed**"
     assert "missed" in bench._verdict(1.3, bench.target_of("default/bare p95 c1"))
     verdict = bench._verdict(1.2, bench.target_of("default/recipe throughput c1"))
     assert verdict == ">= 1.40: **missed**"
@@ -108,7 +110,7 @@ def test_the_recipe_is_left_out_of_the_ratios_when_it_was_not_measured() -> None
         result.samples[(name, 1)] = [_sample(PIPELINES[name], PIPELINE_CPU)]
     report = summarise(result, rounds=1, seconds=1.0)
     assert not any("recipe" in key for key in report["ratios"])
-    assert "Recipe versions" not in bench.render({**report, "floor": {}})
+    assert "Recipe versions" not in bench.render({**report, "inference": {}})
 
 
 def test_a_failed_peer_install_is_a_skip_message(

@@ -45,7 +45,11 @@ def test_one_brief_round_of_every_configuration_answers_and_writes_the_report(
             entry = by_concurrency[concurrency]
             assert entry["rps"] > 0, f"{name} {concurrency} served nothing"
             assert entry["errors"] == 0, f"{name} {concurrency}: {entry['errors']} errors"
-    assert set(report["ratios"]) >= {"default/bare throughput c1", "full/bare throughput c8"}
+    assert set(report["ratios"]) >= {
+        "floor/bare throughput c1",
+        "default/bare throughput c1",
+        "full/bare throughput c8",
+    }
     if RECIPE in table:
         assert set(report["ratios"]) >= {
             "default/recipe throughput c1",
