@@ -26,7 +26,7 @@ def _traceparent(rng: random.Random) -> bytes:
     """Mostly well-formed unsampled traceparents, and every way to be otherwise."""
     trace_id = format(0 if rng.random() < 0.05 else rng.getrandbits(128), "032x")
     span_id = format(0 if rng.random() < 0.05 else rng.getrandbits(64), "016x")
-    flags = "00" if rng.random() < 0.6 else rng.choice(["01", "02", "03", "ff"])
+    flags = rng.choice(["00", "02"]) if rng.random() < 0.6 else rng.choice(["01", "03", "fe", "ff"])
     version = "00" if rng.random() < 0.8 else rng.choice(["01", "ff", "0g"])
     value = f"{version}-{trace_id}-{span_id}-{flags}"
     mangle = rng.randrange(12)
@@ -55,7 +55,8 @@ def test_every_shortcut_answer_is_the_sdks_answer() -> None:
         assert not sdk.is_recording() and not fast.is_recording()
         fast_context, sdk_context = fast.get_span_context(), sdk.get_span_context()
         assert fast_context.trace_id == sdk_context.trace_id
-        assert fast_context.trace_flags == sdk_context.trace_flags == 0
+        assert fast_context.trace_flags == sdk_context.trace_flags  # 00, or 02 (random id)
+        assert not fast_context.trace_flags.sampled
         assert fast_context.is_valid and not fast_context.is_remote
         assert fast_context.span_id != int(headers[1][1].split(b"-")[2], 16)  # its own span
     assert taken > 600  # the common case: a well-formed unsampled parent
@@ -97,3 +98,25 @@ def test_it_is_off_with_propagators_other_than_the_defaults(monkeypatch) -> None
 
     monkeypatch.setattr(propagate, "get_global_textmap", lambda: CompositePropagator([B3Like()]))
     assert not UnsampledParents.for_current_provider().enabled
+
+
+def test_the_edges_own_unsampled_calls_take_the_shortcut() -> None:
+    """What the edge really sends: the SDK's root spans, injected by the default propagators
+    (it sets the W3C random-trace-id flag, so an unsampled call says 02, not 00)."""
+    shortcut = UnsampledParents(enabled=True)
+    tracer = PROVIDER.get_tracer("edge")
+    taken = unsampled = 0
+    for _ in range(500):
+        root = tracer.start_span("POST /v1/predict")
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(root))
+        headers = [(name.encode(), value.encode()) for name, value in carrier.items()]
+        fast = shortcut.span(headers)
+        if not root.get_span_context().trace_flags.sampled:
+            unsampled += 1
+            assert fast is not None, carrier
+            assert fast.get_span_context().trace_id == root.get_span_context().trace_id
+            taken += 1
+        else:
+            assert fast is None
+    assert taken == unsampled > 400  # nine in ten at the 10% ratio

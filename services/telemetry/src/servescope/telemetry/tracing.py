@@ -309,7 +309,7 @@ class UnsampledParents:
                 parent = value
             elif name in (b"tracestate", b"baggage"):
                 return None
-        # version 00, a 32-digit trace id, a 16-digit span id, and flags 00: not sampled
+        # version 00, a 32-digit trace id, a 16-digit span id, flags with the sampled bit off
         if parent is None or len(parent) != 55 or not parent.startswith(b"00-"):
             return None
         text = parent.decode("latin-1")
@@ -320,11 +320,16 @@ class UnsampledParents:
         ):
             return None
         trace_id, parent_id, flags = int(text[3:35], 16), int(text[36:52], 16), int(text[53:], 16)
-        if not trace_id or not parent_id or flags:  # other flags (random, level 2): the SDK's
+        if not trace_id or not parent_id or flags & trace.TraceFlags.SAMPLED:
             return None
         # The SDK's own span ids come from the same generator: unique, not secret.
         span_id = random.getrandbits(64) or 1  # nosec B311 - an id, not a secret
-        return trace.NonRecordingSpan(trace.SpanContext(trace_id, span_id, is_remote=False))
+        # As the SDK: not sampled, and the W3C random-trace-id flag kept from the parent (the
+        # SDK sets it on every trace id it makes, so the edge's unsampled calls carry 02).
+        kept = trace.TraceFlags(flags & trace.TraceFlags.RANDOM_TRACE_ID)
+        return trace.NonRecordingSpan(
+            trace.SpanContext(trace_id, span_id, is_remote=False, trace_flags=kept)
+        )
 
 
 def step_span(
