@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import random
+import re
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -263,7 +264,8 @@ def start_step(
 
 # What the default propagators (W3C trace context and baggage) read from a request.
 _DEFAULT_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
-_HEX = frozenset("0123456789abcdef")
+# Version 00: a 32-digit trace id, a 16-digit parent id, the flags (other versions: the SDK).
+_TRACEPARENT = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
 class UnsampledParents:
@@ -309,17 +311,10 @@ class UnsampledParents:
                 parent = value
             elif name in (b"tracestate", b"baggage"):
                 return None
-        # version 00, a 32-digit trace id, a 16-digit span id, flags with the sampled bit off
-        if parent is None or len(parent) != 55 or not parent.startswith(b"00-"):
+        match = _TRACEPARENT.fullmatch(parent) if parent is not None else None
+        if match is None:
             return None
-        text = parent.decode("latin-1")
-        if (
-            text[35] != "-"
-            or text[52] != "-"
-            or not _HEX.issuperset(text[3:35] + text[36:52] + text[53:])
-        ):
-            return None
-        trace_id, parent_id, flags = int(text[3:35], 16), int(text[36:52], 16), int(text[53:], 16)
+        trace_id, parent_id, flags = int(match[1], 16), int(match[2], 16), int(match[3], 16)
         if not trace_id or not parent_id or flags & trace.TraceFlags.SAMPLED:
             return None
         # The SDK's own span ids come from the same generator: unique, not secret.
