@@ -56,15 +56,17 @@ class HTTPTelemetryMiddleware:
         self.unsampled = UnsampledParents.for_current_provider()
         self.log = structlog.get_logger("servescope.access")
         self.sampler = log_sampler()
-        # Children bound once per label combination instead of looked up on every request.
-        self._children: dict[tuple[str, ...], Any] = {}
+        # The three histograms' children, bound once per (route, method, status) and found
+        # with one lookup a request.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    def _bind(self, template: str, method: str, status: int) -> tuple[Any, Any, Any]:
+        children = self._children[(template, method, status)] = (
+            self.duration.labels(template, method, str(status)),
+            self.request_size.labels(template, method),
+            self.response_size.labels(template, method),
+        )
+        return children
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -162,9 +164,12 @@ class HTTPTelemetryMiddleware:
         response_bytes: int,
     ) -> None:
         context = span.get_span_context()
-        child = self._child(self.duration, template, method, str(status))
+        children = self._children.get((template, method, status)) or self._bind(
+            template, method, status
+        )
+        duration, request_size, response_size = children
         if context.trace_flags.sampled:
-            child.observe(
+            duration.observe(
                 elapsed,
                 {
                     "trace_id": format(context.trace_id, "032x"),
@@ -172,9 +177,9 @@ class HTTPTelemetryMiddleware:
                 },
             )
         else:
-            child.observe(elapsed)
-        self._child(self.request_size, template, method).observe(request_bytes)
-        self._child(self.response_size, template, method).observe(response_bytes)
+            duration.observe(elapsed)
+        request_size.observe(request_bytes)
+        response_size.observe(response_bytes)
         if span.is_recording():
             span.update_name(f"{method} {template}")
             span.set_attributes({"http.route": template, "http.response.status_code": status})
