@@ -206,3 +206,15 @@ def test_bench_goes_on_when_every_peer_fails(tmp_path: Path) -> None:
         "mlserver skipped: install failed",
     ]
     assert any("mlserver skipped" in line for line in said)
+
+
+def test_the_profile_explains_the_remainder_with_telemetrys_shares() -> None:
+    report = synthetic_report()
+    assert "## Where the rest of the cost is" in bench.render(report)  # without shares too
+    report["profile"] = {
+        "before": {"default": {"preprocess": 15.3}},
+        "after": {"default": {"preprocess": 11.8}},
+    }
+    doc = bench.render(report)
+    assert "[flame graphs](flamegraphs/README.md)" in doc
+    assert "| default | preprocess | 15.3% | 11.8% |" in doc

@@ -458,6 +458,8 @@ def run_bench(
     report["peer_versions"] = versions
     report["recipe_versions"] = recipe_versions
     report["inference"] = inference_alone()
+    shares = out_dir / "flamegraphs" / "shares.json"
+    report["profile"] = json.loads(shares.read_text()) if shares.exists() else {}
     write_report(report, out_dir)
     return report
 
@@ -581,6 +583,39 @@ def _verdict(value: float, target: tuple[str, float] | None) -> str:
     return f"{op} {bound:.2f}: {'met' if met else '**missed**'}"
 
 
+PROFILE_TEXT = [
+    "",
+    "## Where the rest of the cost is",
+    "",
+    "The [flame graphs](flamegraphs/README.md) show each service's Python time under load",
+    "(wrk, 8 connections), before and after the telemetry work of issue 16, with the share",
+    "telemetry takes. What remains is the OpenTelemetry SDK's own work for each span it records",
+    "(starting and ending it, then encoding it for OTLP in the export thread), one access line",
+    "per kept trace, and the Prometheus observations every request makes; **floor** above is",
+    "what is left with nothing sampled: the metrics, the sampling decision and the checks.",
+]
+
+
+def _profile_section(shares: dict[str, Any]) -> list[str]:
+    """The profile's explanation, with telemetry's shares from `servescope bench
+    --flamegraphs` when docs/flamegraphs/shares.json is there."""
+    lines = list(PROFILE_TEXT)
+    rows = [
+        (config, service, shares["before"][config][service], share)
+        for config, by_service in shares.get("after", {}).items()
+        for service, share in sorted(by_service.items())
+        if service in shares.get("before", {}).get(config, {})
+    ]
+    if rows:
+        lines += [
+            "",
+            "| configuration | service | telemetry's share before | after |",
+            "|---|---|---|---|",
+            *(f"| {c} | {s} | {b:.1f}% | {a:.1f}% |" for c, s, b, a in rows),
+        ]
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
     configurations: dict[str, Any] = report["configurations"]
     versions = report.get("peer_versions", {})
@@ -669,6 +704,7 @@ def render(report: dict[str, Any]) -> str:
         "",
         "![p50, p95 and p99 latency per configuration at c=1 and c=8](benchmarks.png)",
     ]
+    lines += _profile_section(report.get("profile", {}))
     inference = report.get("inference", {})
     lines += [
         "",
