@@ -218,3 +218,15 @@ def test_the_profile_explains_the_remainder_with_telemetrys_shares() -> None:
     doc = bench.render(report)
     assert "[flame graphs](flamegraphs/README.md)" in doc
     assert "| default | preprocess | 15.3% | 11.8% |" in doc
+
+
+def test_a_ratio_is_the_median_of_its_rounds_ratios() -> None:
+    """Each round measures both configurations seconds apart; the machine's speed moves
+    between rounds, so a ratio of medians taken over different rounds would mislead."""
+    result = Result()
+    cpu = dict.fromkeys(PIPELINE_CPU, 1.0)
+    result.samples[("bare", 8)] = [_sample(rps, cpu) for rps in (500, 400, 300)]
+    result.samples[("default", 8)] = [_sample(rps, cpu) for rps in (300, 380, 290)]
+    ratios = summarise(result, rounds=3, seconds=1.0)["ratios"]
+    # Round by round 0.60, 0.95, 0.97: the median 0.95 (the medians' ratio would be 0.75).
+    assert ratios["default/bare throughput c8"] == pytest.approx(0.95)

@@ -345,8 +345,8 @@ def start_recipe(
 
 
 def run_bench(
-    rounds: int = 3,
-    seconds: float = 5.0,
+    rounds: int = 6,
+    seconds: float = 3.0,
     out_dir: Path | None = None,
     peers: bool = True,
     recipe: bool = True,
@@ -524,36 +524,36 @@ def summarise(result: Result, rounds: int, seconds: float) -> dict[str, Any]:
         }
         table.setdefault(name, {})[f"c{connections}"] = entry
     ratios: dict[str, Any] = {}
+
+    def paired(a: str, b: str, c: str, field: str = "rps") -> None:
+        """The median over rounds of a's figure over b's in the same round: the two ran
+        seconds apart, so a machine that speeds up or slows down between rounds (this one
+        does, by a third) moves both alike."""
+        connections = int(c[1:])
+        first, second = result.samples.get((a, connections)), result.samples.get((b, connections))
+        if not first or not second:
+            return
+        what = "throughput" if field == "rps" else "p95"
+        ratios[f"{a}/{b} {what} {c}"] = statistics.median(
+            getattr(x, field) / getattr(y, field) for x, y in zip(first, second, strict=False)
+        )
+
     for name in ("floor", "default", "full"):
         for c in ("c1", "c8"):
-            if name in table and "bare" in table and c in table[name] and c in table["bare"]:
-                ratios[f"{name}/bare throughput {c}"] = (
-                    table[name][c]["rps"] / table["bare"][c]["rps"]
-                )
-                ratios[f"{name}/bare p95 {c}"] = (
-                    table[name][c]["p95_ms"] / table["bare"][c]["p95_ms"]
-                )
+            paired(name, "bare", c)
+            paired(name, "bare", c, "p95_ms")
     for c in ("c1", "c8"):
-        if RECIPE in table and c in table[RECIPE]:
-            if "default" in table and c in table["default"]:
-                ratios[f"default/{RECIPE} throughput {c}"] = (
-                    table["default"][c]["rps"] / table[RECIPE][c]["rps"]
-                )
-            if "bare" in table and c in table["bare"]:
-                ratios[f"{RECIPE}/bare throughput {c}"] = (
-                    table[RECIPE][c]["rps"] / table["bare"][c]["rps"]
-                )
+        paired("default", RECIPE, c)
+        paired(RECIPE, "bare", c)
     for peer in (n for n in table if n not in PIPELINE and n != SINGLE):
         for c in ("c1", "c8"):
-            if SINGLE in table and c in table[SINGLE] and c in table[peer]:
-                ratios[f"{SINGLE}/{peer} throughput {c}"] = (
-                    table[SINGLE][c]["rps"] / table[peer][c]["rps"]
-                )
+            paired(SINGLE, peer, c)
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "method": f"{rounds} interleaved rounds of {seconds:g} s per configuration and "
-        "concurrency, after a 1 s warm-up each; medians; wrk -t1 on 127.0.0.1 posting one "
+        "concurrency, after a 1 s warm-up each; medians over rounds, and each ratio the median "
+        "of its rounds' ratios; wrk -t1 on 127.0.0.1 posting one "
         "held-out 8x8 PNG to the pipeline, and one fixed OIP v2 JSON tensor ([1,1,8,8] FP32) "
         "to the classifier alone and to each peer",
         "configurations": table,

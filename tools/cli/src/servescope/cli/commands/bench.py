@@ -42,8 +42,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = sub.add_parser("bench", help="measure what telemetry costs (writes docs/benchmarks.md)")
-    bench.add_argument("--rounds", type=int, default=3)
-    bench.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    bench.add_argument("--rounds", type=int, default=6)
+    bench.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     bench.add_argument("--no-peers", action="store_true", help="leave out KServe and MLServer")
     bench.add_argument(
         "--no-recipe",
