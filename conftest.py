@@ -19,7 +19,12 @@ os.environ.setdefault("SERVESCOPE_MODEL_CARDS", json.dumps([str(bundled_model_ca
 
 # The longest test files, first: `make test` gives each file to one of two workers in
 # collection order, so a long file collected last would run alone at the end.
-LONGEST_FIRST = ("tests/labs/test_lifecycle.py", "tests/alerting/test_drill_matrix.py")
+LONGEST_FIRST = (
+    "tests/labs/test_lifecycle.py",
+    "tests/alerting/test_drill_matrix.py",
+    "tests/integration/test_soak.py",
+    "tests/bench/test_bench_smoke.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
